@@ -20,6 +20,11 @@ export function normalizeIp(s: string): string | null {
   return a.toRFC5952String();
 }
 
+/** Whether `s` is IPv4 in strict dotted-quad form (four decimal octets 0-255, no leading zeros). */
+export function isStrictIPv4(s: string): boolean {
+  return s.length <= 15 && V4.test(s);
+}
+
 export function ipFamily(ip: string): 4 | 6 {
   return ip.indexOf(':') >= 0 ? 6 : 4;
 }

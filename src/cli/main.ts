@@ -1,0 +1,153 @@
+#!/usr/bin/env node
+import '../rules/regex-guard.ts';
+import { Command, CommanderError } from 'commander';
+import { ConfigError, loadConfigFile, type Config } from '../config/load.ts';
+import { resolveConfigPath } from './config-path.ts';
+import { replay, UsageError, type ReplayBan } from './replay.ts';
+import { testRule } from './test-rule.ts';
+import { createLogger } from '../util/logger.ts';
+
+/** Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage. */
+const EXIT_RUNTIME = 1;
+const EXIT_CONFIG = 2;
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+function load(file?: string): Config {
+  return loadConfigFile(resolveConfigPath(file));
+}
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('tsfilter')
+    .description('Log-driven intrusion prevention: reads service logs, counts failed logins per IP, bans attackers.')
+    .version('0.1.0')
+    .showHelpAfterError()
+    .exitOverride();
+
+  program
+    .command('run')
+    .description('Run the daemon in the foreground (structured log lines on stdout, for journald).')
+    .option('-c, --config <file>', 'config file (default: $TSFILTER_CONFIG, /etc/tsfilter/config.json, or the bundled defaults)')
+    .addHelpText('after', '\nExample:\n  sudo tsfilter run --config /etc/tsfilter/config.json\n')
+    .action(async (o: { config?: string }) => {
+      const config = load(o.config);
+      const logger = createLogger();
+      const { startDaemon } = await import('../daemon.ts');
+      const d = await startDaemon(config, logger);
+      await new Promise<void>((resolve) => {
+        const stop = (sig: string) => {
+          logger.info('signal received, stopping', { signal: sig });
+          d.stop().then(resolve, (e) => {
+            logger.error('error while stopping', { error: e });
+            resolve();
+          });
+        };
+        process.once('SIGTERM', () => stop('SIGTERM'));
+        process.once('SIGINT', () => stop('SIGINT'));
+      });
+    });
+
+  program
+    .command('replay')
+    .description('Replay log files through the real pipeline (dry-run enforcer, in-memory store) and print the bans it would make.')
+    .argument('<files...>', 'log files to replay')
+    .option('-c, --config <file>', 'config file')
+    .option('-r, --rule <name>', 'only this rule (default: every enabled rule sees every line)')
+    .option('--json', 'one JSON object per line: each ban, then {"summary": ...}')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  tsfilter replay /var/log/auth.log\n  tsfilter replay --rule ssh --json /var/log/auth.log.1 /var/log/auth.log\n',
+    )
+    .action((files: string[], o: { config?: string; rule?: string; json?: boolean }) => {
+      const config = load(o.config);
+      const out = (s: string) => process.stdout.write(s + '\n');
+      const warn = createLogger({ write: (l) => process.stderr.write(l + '\n'), level: 'warn' });
+      const onBan = o.json
+        ? (b: ReplayBan) => out(JSON.stringify({ ip: b.ip, rule: b.rule, time: iso(b.time), failures: b.failures }))
+        : (b: ReplayBan) => {
+            out(`ban ${b.ip} rule=${b.rule} time=${iso(b.time)} failures=${b.failures}${b.instant ? ' instant' : ''}`);
+            for (const l of b.lines) out(`    ${JSON.stringify(l).slice(1, -1)}`);
+          };
+      const r = replay(config, files, { rule: o.rule, warn, onBan });
+      if (o.json) {
+        out(JSON.stringify({ summary: { lines: r.lines, matched: r.matched, bans: r.bans.length } }));
+      } else {
+        for (const [name, s] of r.perRule) {
+          out(`rule ${name}: matched=${s.matched} successes=${s.successes} bans=${s.bans}`);
+        }
+        out(`summary: lines=${r.lines} matched=${r.matched} bans=${r.bans.length}`);
+      }
+    });
+
+  program
+    .command('test')
+    .description('Show which lines of a file a rule matches, with the captured ip and time (like fail2ban-regex).')
+    .argument('<rule>', 'rule name from the config')
+    .argument('<file>', 'log file')
+    .option('-c, --config <file>', 'config file')
+    .option('--json', 'one JSON object per matching line, then {"summary": ...}')
+    .addHelpText('after', '\nExample:\n  tsfilter test ssh /var/log/auth.log\n')
+    .action((rule: string, file: string, o: { config?: string; json?: boolean }) => {
+      const config = load(o.config);
+      const out = (s: string) => process.stdout.write(s + '\n');
+      const warn = createLogger({ write: (l) => process.stderr.write(l + '\n'), level: 'warn' });
+      const r = testRule(config, rule, file, {
+        warn: (m, f) => warn.warn(m, f),
+        onMatch: o.json
+          ? (n, m) => out(JSON.stringify({ line: n, ip: m.ip, time: iso(m.time) }))
+          : (n, m) => out(`${String(n).padStart(7)}  ${m.ip.padEnd(39)}  ${iso(m.time)}  ${m.kind}`),
+      });
+      if (o.json) out(JSON.stringify({ summary: { lines: r.lines, matched: r.matches.length } }));
+      else {
+        out(
+          `\nLines: ${r.lines} lines, ${r.matches.length} matched, ${r.successes} successful logins, ${
+            r.lines - r.matches.length - r.successes
+          } unmatched`,
+        );
+      }
+    });
+
+  const cfg = program.command('config').description('Configuration tools.');
+  cfg
+    .command('check')
+    .description('Validate a config file without starting anything; exit code 2 when it is invalid.')
+    .option('-c, --config <file>', 'config file')
+    .addHelpText('after', '\nExample:\n  tsfilter config check --config /etc/tsfilter/config.json\n')
+    .action((o: { config?: string }) => {
+      const config = load(o.config);
+      const enabled = config.rules.filter((r) => r.enabled);
+      process.stdout.write(
+        `${config.file}: OK (${enabled.length} rule${enabled.length === 1 ? '' : 's'}: ${enabled
+          .map((r) => `${r.name} [${r.policy.mode === 'gap' ? `gap ${r.policy.failedAttempts}/${r.policy.requestTime}s` : `window ${r.policy.failedAttempts}/${r.policy.findTime}s`}]`)
+          .join(', ')}; store ${config.sqlitePath})\n`,
+      );
+    });
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : EXIT_CONFIG;
+    if (e instanceof ConfigError) {
+      process.stderr.write(`tsfilter: invalid configuration in ${e.file}:\n`);
+      for (const p of e.problems) process.stderr.write(`  ${p.path || '(file)'}: ${p.message}\n`);
+      return EXIT_CONFIG;
+    }
+    if (e instanceof UsageError) {
+      process.stderr.write(`tsfilter: ${e.message}\n`);
+      return EXIT_CONFIG;
+    }
+    process.stderr.write(`tsfilter: ${(e as Error).message}\n`);
+    return EXIT_RUNTIME;
+  }
+}
+
+const code = await main(process.argv);
+process.exitCode = code;

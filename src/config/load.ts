@@ -1,0 +1,216 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import type { z } from 'zod';
+import { configSchema, RULE_KNOWN_KEYS, type RawConfig, type RawRule } from './schema.ts';
+import type { RuleConfig } from '../rules/types.ts';
+import { PatternError } from '../rules/types.ts';
+import type { CountingPolicy } from '../detect/types.ts';
+import { compileRule } from '../rules/compile.ts';
+
+export interface ConfigProblem {
+  /** JSON path such as settings.rules.ssh.regex_patterns[2]. */
+  path: string;
+  message: string;
+}
+
+/** A config that cannot be used. The CLI prints every problem and exits with code 2. */
+export class ConfigError extends Error {
+  constructor(
+    readonly file: string,
+    readonly problems: ConfigProblem[],
+  ) {
+    super(`${file}: ${problems.map((p) => `${p.path || '(top level)'}: ${p.message}`).join('; ')}`);
+  }
+}
+
+export interface JournalSettings {
+  matches: string[];
+  mode: 'fallback' | 'always';
+  files?: string[];
+  directory?: string;
+  journalctl: string;
+}
+
+export interface RuleSettings {
+  name: string;
+  enabled: boolean;
+  /** Paths and globs, absolute or as written (relative ones resolve against the working directory). */
+  logFiles: string[];
+  journal?: JournalSettings;
+  match: RuleConfig;
+  policy: CountingPolicy;
+  /** Seconds; <= 0 is permanent. */
+  banTime: number;
+}
+
+/** The validated, normalised configuration the daemon runs on. */
+export interface Config {
+  /** The file it came from, or '<defaults>'. */
+  file: string;
+  database: 'sqlite' | 'redis';
+  dataDir: string;
+  sqlitePath: string;
+  banTime: number;
+  denyType: 'DROP' | 'REJECT';
+  firewall: 'dry-run';
+  ignoredIps: string[];
+  useDns: boolean;
+  reloadIptables: boolean;
+  maxTrackedIps: number;
+  forgetAfter: number;
+  serverName: string;
+  rules: RuleSettings[];
+  logging: { active: boolean; directory: string };
+  raw: RawConfig;
+}
+
+export function formatPath(p: readonly PropertyKey[]): string {
+  let out = '';
+  for (const k of p) {
+    if (typeof k === 'number') out += `[${k}]`;
+    else out += out ? `.${String(k)}` : String(k);
+  }
+  return out;
+}
+
+function describeIssue(iss: z.core.$ZodIssue, input: unknown): ConfigProblem[] {
+  const at = formatPath(iss.path);
+  if (iss.code === 'unrecognized_keys') {
+    return iss.keys.map((k) => ({ path: at ? `${at}.${k}` : k, message: 'unknown option' }));
+  }
+  if (iss.code === 'invalid_union' && iss.errors.length > 0 && iss.message.startsWith('Invalid input')) {
+    return [{ path: at, message: 'expected one of the documented forms' }];
+  }
+  let got = '';
+  if (iss.code === 'invalid_type') {
+    const v = valueAt(input, iss.path);
+    got = v === undefined ? ' (missing)' : `, got ${JSON.stringify(v)?.slice(0, 60)}`;
+  }
+  return [{ path: at, message: `${iss.message}${got}` }];
+}
+
+function valueAt(root: unknown, p: readonly PropertyKey[]): unknown {
+  let v: unknown = root;
+  for (const k of p) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<PropertyKey, unknown>)[k];
+  }
+  return v;
+}
+
+/** Where in the text a JSON.parse error happened, as "line L, column C". */
+function jsonErrorWhere(text: string, err: Error): string {
+  const m = /position (\d+)/.exec(err.message);
+  if (!m) return err.message;
+  const pos = Number(m[1]);
+  const before = text.slice(0, pos);
+  const line = before.split('\n').length;
+  const col = pos - before.lastIndexOf('\n');
+  return `invalid JSON at line ${line}, column ${col}: ${err.message.replace(/ in JSON at position \d+.*$/, '')}`;
+}
+
+export function loadConfigFile(file: string, opts: { cwd?: string } = {}): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(file, [{ path: '', message: `cannot read the file: ${(e as Error).message}` }]);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(file, [{ path: '', message: jsonErrorWhere(text, e as Error) }]);
+  }
+  return parseConfig(json, file, opts);
+}
+
+export function parseConfig(json: unknown, file: string, opts: { cwd?: string } = {}): Config {
+  const parsed = configSchema.safeParse(json);
+  if (!parsed.success) {
+    throw new ConfigError(
+      file,
+      parsed.error.issues.flatMap((i) => describeIssue(i, json)),
+    );
+  }
+  const raw = parsed.data;
+  const s = raw.settings;
+  const cwd = opts.cwd ?? process.cwd();
+  const dataDir = path.resolve(cwd, s.data_dir);
+  const problems: ConfigProblem[] = [];
+  const rules: RuleSettings[] = [];
+  for (const [name, r] of Object.entries(s.rules)) {
+    const rule = normaliseRule(name, r as RawRule, raw);
+    rules.push(rule);
+    if (!rule.enabled) continue;
+    try {
+      compileRule(rule.match, { warn: () => {} });
+    } catch (e) {
+      if (e instanceof PatternError) {
+        problems.push({ path: `settings.rules.${name}.${e.list}[${e.index}]`, message: e.message });
+      } else if (e instanceof TimeFormatError) {
+        problems.push({ path: `settings.rules.${name}.time_format`, message: (e as Error).message });
+      } else {
+        problems.push({ path: `settings.rules.${name}`, message: (e as Error).message });
+      }
+    }
+  }
+  if (problems.length) throw new ConfigError(file, problems);
+  return {
+    file,
+    database: s.database,
+    dataDir,
+    sqlitePath: s.database === 'sqlite' || s.database === 'redis' ? path.resolve(dataDir, raw.sqlite.database) : '',
+    banTime: s.ban_time,
+    denyType: s.deny_type,
+    firewall: s.firewall,
+    ignoredIps: s.ignored_ips,
+    useDns: s.use_dns,
+    reloadIptables: s.reload_iptables,
+    maxTrackedIps: s.max_tracked_ips,
+    forgetAfter: s.forget_after,
+    serverName: raw.redis.sync_bans.name,
+    rules,
+    logging: { active: raw.logging.active, directory: path.resolve(dataDir, raw.logging.directory) },
+    raw,
+  };
+}
+
+/** Marks a time_format problem so it is reported at the time_format path. */
+export class TimeFormatError extends Error {}
+
+function normaliseRule(name: string, r: RawRule, raw: RawConfig): RuleSettings {
+  const s = raw.settings;
+  const lists: Record<string, string[]> = {};
+  for (const [k, v] of Object.entries(r)) {
+    if (!RULE_KNOWN_KEYS.has(k) && Array.isArray(v)) lists[k] = v as string[];
+  }
+  const logFiles = (Array.isArray(r.log_files) ? r.log_files : [r.log_files]).filter((f) => f !== '');
+  const findTime = r.find_time !== undefined ? r.find_time : s.find_time;
+  const policy: CountingPolicy = {
+    failedAttempts: r.failed_attempts ?? s.failed_attempts,
+    mode: findTime === null ? 'gap' : 'window',
+    requestTime: r.request_time ?? s.request_time,
+    findTime: findTime ?? 0,
+  };
+  const match: RuleConfig = {
+    name,
+    patterns: r.regex_patterns,
+    successPatterns: r.success_patterns,
+    timeFormat: r.time_format,
+    lists,
+    httpStatusBlocks: r.http_status_blocks,
+    // PyFilter decides the meaning of positional groups by the rule's name.
+    groupOrder: name === 'apache' || name === 'nginx' ? 'host-time' : 'time-host',
+    useDns: s.use_dns,
+  };
+  return {
+    name,
+    enabled: r.enabled,
+    logFiles,
+    journal: r.journal,
+    match,
+    policy,
+    banTime: r.ban_time ?? s.ban_time,
+  };
+}

@@ -1,0 +1,183 @@
+import { z } from 'zod';
+import ipaddr from 'ipaddr.js';
+
+/*
+ * The single source of truth for TSFilter's options: their types, defaults and documentation.
+ * PyFilter's config.json is a subset of this schema, so it loads unchanged; every option PyFilter lacks has a
+ * default that keeps PyFilter's behaviour (gap counting, permanent bans, files in the working directory), and our
+ * own config/config.default.json opts into the better behaviour explicitly.
+ */
+
+const seconds = (what: string) =>
+  z.number({ error: `expected a number of seconds (${what})` }).finite({ error: 'expected a finite number' });
+
+const positiveSeconds = (what: string) => seconds(what).positive({ error: `expected a number of seconds > 0 (${what})` });
+
+const ipOrCidr = z.string({ error: 'expected an IP address or CIDR range as a string' }).refine(
+  (s) => {
+    if (ipaddr.isValid(s)) return true;
+    try {
+      ipaddr.parseCIDR(s);
+      return true;
+    } catch {
+      return false;
+    }
+  },
+  { error: (iss) => `expected an IP address or CIDR range (e.g. 192.0.2.0/24, 2001:db8::/32), got ${JSON.stringify(iss.input)}` },
+);
+
+const patternItem = z.union(
+  [
+    z.string(),
+    z.tuple([z.string(), z.literal(true)]),
+    z.tuple([z.string(), z.string()]),
+  ],
+  {
+    error:
+      'expected a pattern string, [pattern, true] (instant ban) or [pattern, "<list key>"] ({} replaced by that list)',
+  },
+);
+
+const logFiles = z.union([z.string(), z.array(z.string())], {
+  error: 'expected a path or glob, or a list of them ("" disables the rule\'s files)',
+});
+
+export const journalSchema = z
+  .strictObject({
+    matches: z
+      .array(z.string().regex(/^(\+|[A-Z0-9_]+=.*)$/, { error: 'expected FIELD=value or "+" (journalctl match syntax)' }))
+      .min(1)
+      .describe('journalctl matches, e.g. ["_SYSTEMD_UNIT=ssh.service", "+", "_SYSTEMD_UNIT=sshd.service"].'),
+    mode: z
+      .enum(['fallback', 'always'])
+      .default('fallback')
+      .describe('"fallback": read the journal only when none of the rule\'s log_files exists at start (Debian 12 has no auth.log); "always": read it as well.'),
+    files: z.array(z.string()).optional().describe('Read these journal files instead of the system journal (journalctl --file).'),
+    directory: z.string().optional().describe('Read the journal in this directory instead of the system journal (journalctl --directory).'),
+    journalctl: z.string().default('journalctl').describe('The journalctl binary.'),
+  })
+  .describe('Read this rule\'s lines from the systemd journal (journalctl -f -o json), resuming by cursor.');
+
+const ruleKnownKeys = {
+  enabled: z.boolean().default(true).describe('Set false to keep a rule in the file without running it.'),
+  log_files: logFiles
+    .default('')
+    .describe('A path, a glob (/var/log/*.log) or a list of them. "" means no file (PyFilter: "No file to check").'),
+  journal: journalSchema.optional(),
+  regex_patterns: z
+    .array(patternItem)
+    .default([])
+    .describe('Failure patterns: a string, [pattern, true] for an instant ban, or [pattern, "<key>"] to splice a list in at {}.'),
+  success_patterns: z
+    .array(z.string())
+    .default([])
+    .describe('Successful-login patterns; a success clears that IP\'s failures for the rule.'),
+  time_format: z.string().optional().describe('strftime directives for the time capture; ISO 8601 / RFC 3339 is always recognised.'),
+  http_status_blocks: z
+    .array(z.number().int().min(100).max(599))
+    .optional()
+    .describe('Only count matches whose status capture is one of these codes.'),
+  failed_attempts: z.number().int().min(1).optional().describe('Per-rule override of settings.failed_attempts.'),
+  request_time: positiveSeconds('request_time').optional().describe('Per-rule override of settings.request_time.'),
+  find_time: positiveSeconds('find_time').nullable().optional().describe('Per-rule override of settings.find_time (null: gap counting).'),
+  ban_time: seconds('ban_time').optional().describe('Per-rule override of settings.ban_time.'),
+};
+
+/** Keys of a rule other than the known ones must be lists of strings, usable as `[pattern, "<key>"]` (e.g. urls). */
+export const ruleSchema = z
+  .object(ruleKnownKeys)
+  .catchall(
+    z.array(z.string(), {
+      error: 'unknown rule option: only lists of strings (used by [pattern, "<key>"]) may have other names',
+    }),
+  );
+
+export const settingsSchema = z.strictObject({
+  database: z
+    .enum(['sqlite', 'redis'], { error: 'expected "sqlite" or "redis"' })
+    .default('sqlite')
+    .describe('Where bans are shared: "sqlite" (this server) or "redis" (a fleet; SQLite stays the local copy).'),
+  data_dir: z
+    .string()
+    .default('.')
+    .describe('Directory for the SQLite store and the ban log. Relative paths are taken from the working directory, as PyFilter does.'),
+  failed_attempts: z
+    .number({ error: 'expected a whole number >= 1' })
+    .int({ error: 'expected a whole number >= 1' })
+    .min(1, { error: 'expected a whole number >= 1' })
+    .default(5)
+    .describe('Gap counting: ban when the count reaches this (PyFilter: 5, i.e. the 6th close failure). Window: ban at this many failures within find_time.'),
+  request_time: positiveSeconds('request_time')
+    .default(5)
+    .describe('Gap counting: a failure within this many seconds of the previous one adds to the count (PyFilter).'),
+  find_time: positiveSeconds('find_time')
+    .nullable()
+    .default(null)
+    .describe('Sliding window: ban at failed_attempts failures within this many seconds. null keeps PyFilter\'s gap counting.'),
+  ban_time: seconds('ban_time')
+    .default(-1)
+    .describe('Ban duration in seconds; 0 or negative is permanent (PyFilter\'s bans are permanent).'),
+  deny_type: z
+    .string()
+    .transform((s) => s.toUpperCase())
+    .pipe(z.enum(['DROP', 'REJECT'], { error: 'expected "DROP" or "REJECT"' }))
+    .default('DROP')
+    .describe('What the firewall does with a banned address: DROP, or REJECT with a reset/unreachable reply.'),
+  firewall: z
+    .enum(['dry-run'], { error: 'expected "dry-run" (nftables, iptables and ipset backends come next)' })
+    .default('dry-run')
+    .describe('The enforcer. "dry-run" only logs what it would ban.'),
+  ignored_ips: z
+    .array(ipOrCidr, { error: 'expected a list of IP addresses or CIDR ranges' })
+    .default(['127.0.0.1'])
+    .describe('Addresses and CIDR ranges (IPv4 and IPv6) that are never counted or banned.'),
+  reload_iptables: z.boolean().default(true).describe('PyFilter: restore Config/blacklist.v4/.v6 at start (used by the iptables backend).'),
+  use_dns: z
+    .boolean()
+    .default(false)
+    .describe('Resolve a host capture that is not an IP with DNS. Off: attackers control log text.'),
+  max_tracked_ips: z
+    .number()
+    .int()
+    .min(1)
+    .default(100_000)
+    .describe('Hard cap on (rule, IP) counters in memory; the least recently seen are forgotten first.'),
+  forget_after: positiveSeconds('forget_after')
+    .default(86_400)
+    .describe('Forget an IP\'s failures after this many seconds without a new one (PyFilter never forgets).'),
+  rules: z.record(z.string().regex(/^[A-Za-z0-9_.-]+$/, { error: 'rule names use letters, digits, _ . -' }), ruleSchema).default({}),
+});
+
+export const configSchema = z.strictObject({
+  settings: settingsSchema,
+  sqlite: z
+    .strictObject({
+      database: z.string().min(1).default('tsfilter.db').describe('SQLite file name, relative to data_dir (PyFilter: PyFilter.db).'),
+    })
+    .default({ database: 'tsfilter.db' }),
+  redis: z
+    .strictObject({
+      host: z.string().default('127.0.0.1').describe('Redis host (fleet sync).'),
+      password: z.string().nullable().default(null).describe('Redis password, or null.'),
+      database: z.number().int().min(0).default(0).describe('Redis database number.'),
+      sync_bans: z
+        .strictObject({
+          active: z.boolean().default(false).describe('Share bans with the other servers on this Redis.'),
+          name: z.string().min(1).default('1').describe('This server\'s name in the fleet; must be unique.'),
+          check_time: positiveSeconds('check_time').default(600).describe('Seconds between full resyncs with Redis.'),
+        })
+        .default({ active: false, name: '1', check_time: 600 }),
+    })
+    .default({ host: '127.0.0.1', password: null, database: 0, sync_bans: { active: false, name: '1', check_time: 600 } })
+    .describe('PyFilter\'s Redis block (fleet sync); name identifies this server in bans.'),
+  logging: z
+    .strictObject({
+      active: z.boolean().default(false).describe('Write PyFilter\'s ban log (Logs/<YYYY-Mon>/<YYYY-MM-DD>/<YYYY-MM-DD HH>.log).'),
+      directory: z.string().min(1).default('Logs').describe('Ban log directory, relative to data_dir.'),
+    })
+    .default({ active: false, directory: 'Logs' }),
+});
+
+export type RawConfig = z.infer<typeof configSchema>;
+export type RawRule = z.infer<typeof ruleSchema>;
+export const RULE_KNOWN_KEYS = new Set(Object.keys(ruleKnownKeys));

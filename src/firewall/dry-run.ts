@@ -1,0 +1,33 @@
+import type { Enforcer, Enforcement } from './types.ts';
+import type { Logger } from '../util/logger.ts';
+
+/** Logs what it would do and touches nothing: for replay, testing a config, and hosts where another tool enforces. */
+export class DryRunEnforcer implements Enforcer {
+  readonly name = 'dry-run';
+  /** Addresses this enforcer would currently block; lets tests and `status` see its state. */
+  readonly active = new Map<string, Enforcement>();
+
+  constructor(private readonly logger: Logger) {}
+
+  async start(): Promise<void> {}
+
+  async ban(bans: Enforcement[]): Promise<void> {
+    for (const b of bans) {
+      this.active.set(b.ip, b);
+      this.logger.info('dry-run: would block', {
+        ip: b.ip,
+        rule: b.rule,
+        until: b.expiresAt === null ? 'permanent' : new Date(b.expiresAt).toISOString(),
+      });
+    }
+  }
+
+  async unban(ips: string[]): Promise<void> {
+    for (const ip of ips) {
+      this.active.delete(ip);
+      this.logger.info('dry-run: would unblock', { ip });
+    }
+  }
+
+  async stop(): Promise<void> {}
+}

@@ -1,0 +1,195 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openSqliteStore, type SqliteStore } from '../src/store/sqlite-store.ts';
+import type { BanRecord } from '../src/store/types.ts';
+
+const T0 = 1_700_000_000_000;
+const HOUR = 3_600_000;
+
+function withStore(fn: (store: SqliteStore, file: string) => void): void {
+  const dir = mkdtempSync(join(tmpdir(), 'tsfilter-store-'));
+  const file = join(dir, 'state.db');
+  const store = openSqliteStore(file);
+  try {
+    fn(store, file);
+  } finally {
+    store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function ban(ip: string, createdAt: number, expiresAt: number | null, extra: Partial<BanRecord> = {}): Omit<BanRecord, 'banCount'> {
+  return {
+    ip, rule: 'sshd', reason: `failed logins from ${ip}`, createdAt, expiresAt, failures: 6, origin: 'local',
+    server: 'node-a', ...extra,
+  };
+}
+
+test('addBan stores a ban that is active until it expires, with all its fields', () => {
+  withStore((store) => {
+    const r = store.addBan(ban('192.0.2.1', T0, T0 + HOUR, { country: 'France', lines: ['a "quoted" line', 'line 2'] }));
+    assert.equal(r.added, true);
+    assert.deepEqual(r.record, {
+      ip: '192.0.2.1', rule: 'sshd', reason: 'failed logins from 192.0.2.1', createdAt: T0, expiresAt: T0 + HOUR,
+      failures: 6, banCount: 1, origin: 'local', server: 'node-a', country: 'France', lines: ['a "quoted" line', 'line 2'],
+    });
+    assert.deepEqual(store.activeBan('192.0.2.1', T0 + 1), r.record);
+    assert.equal(store.activeBan('192.0.2.1', T0 + HOUR), undefined, 'not active at its expiry instant');
+    assert.equal(store.activeBan('192.0.2.2', T0), undefined);
+    assert.deepEqual(store.activeBans(T0 + 1), [r.record]);
+    assert.deepEqual(store.activeBans(T0 + HOUR), []);
+  });
+});
+
+test('a second ban of an address is refused while the first is active and the existing one is returned', () => {
+  withStore((store) => {
+    const first = store.addBan(ban('192.0.2.1', T0, T0 + HOUR));
+    const second = store.addBan(ban('192.0.2.1', T0 + 1000, T0 + 2 * HOUR, { rule: 'nginx', reason: 'other' }));
+    assert.equal(second.added, false);
+    assert.deepEqual(second.record, first.record);
+    assert.equal(store.history('192.0.2.1').length, 1);
+    assert.equal(store.activeBans(T0 + 1000).length, 1);
+  });
+});
+
+test('expireBans marks due bans once, returns them, and leaves unexpired and permanent bans alone', () => {
+  withStore((store) => {
+    store.addBan(ban('192.0.2.1', T0, T0 + HOUR));
+    store.addBan(ban('192.0.2.2', T0, T0 + 2 * HOUR));
+    store.addBan(ban('192.0.2.3', T0, null));
+    assert.deepEqual(store.expireBans(T0 + HOUR - 1), []);
+    const expired = store.expireBans(T0 + HOUR);
+    assert.deepEqual(expired.map((b) => b.ip), ['192.0.2.1']);
+    assert.deepEqual(store.expireBans(T0 + HOUR), [], 'already marked');
+    const h = store.history('192.0.2.1');
+    assert.equal(h[0]!.endReason, 'expired');
+    assert.equal(h[0]!.endedAt, T0 + HOUR);
+    assert.deepEqual(store.activeBans(T0 + HOUR).map((b) => b.ip).sort(), ['192.0.2.2', '192.0.2.3']);
+    assert.deepEqual(store.expireBans(T0 + 1000 * HOUR).map((b) => b.ip), ['192.0.2.2']);
+    assert.deepEqual(store.activeBans(T0 + 1000 * HOUR).map((b) => b.ip), ['192.0.2.3']);
+  });
+});
+
+test('re-banning after expiry is allowed and increments ban_count', () => {
+  withStore((store) => {
+    assert.equal(store.addBan(ban('192.0.2.1', T0, T0 + HOUR)).record.banCount, 1);
+    store.expireBans(T0 + HOUR);
+    const again = store.addBan(ban('192.0.2.1', T0 + 2 * HOUR, T0 + 4 * HOUR));
+    assert.equal(again.added, true);
+    assert.equal(again.record.banCount, 2);
+    assert.equal(store.activeBan('192.0.2.1', T0 + 2 * HOUR)!.banCount, 2);
+    assert.equal(store.addBan(ban('192.0.2.9', T0, null)).record.banCount, 1, 'counted per address');
+  });
+});
+
+test('re-banning an expired ban that expireBans has not marked yet ends the old one, so expireBans never returns it', () => {
+  withStore((store) => {
+    store.addBan(ban('192.0.2.1', T0, T0 + HOUR));
+    const again = store.addBan(ban('192.0.2.1', T0 + 2 * HOUR, T0 + 10 * HOUR));
+    assert.equal(again.added, true);
+    assert.equal(again.record.banCount, 2);
+    assert.deepEqual(store.expireBans(T0 + 3 * HOUR), []);
+    assert.equal(store.history('192.0.2.1')[0]!.endReason, 'expired');
+    assert.ok(store.activeBan('192.0.2.1', T0 + 3 * HOUR));
+  });
+});
+
+test('removeBan ends the active ban early with its reason and reports whether there was one', () => {
+  withStore((store) => {
+    store.addBan(ban('192.0.2.1', T0, T0 + HOUR));
+    assert.equal(store.removeBan('192.0.2.1', T0 + 10, 'unbanned by admin'), true);
+    assert.equal(store.activeBan('192.0.2.1', T0 + 20), undefined);
+    assert.equal(store.removeBan('192.0.2.1', T0 + 30, 'again'), false);
+    assert.equal(store.removeBan('198.51.100.7', T0, 'never banned'), false);
+    assert.deepEqual(store.expireBans(T0 + 2 * HOUR), [], 'a removed ban does not expire later');
+    const [h] = store.history('192.0.2.1');
+    assert.equal(h!.endReason, 'unbanned by admin');
+    assert.equal(h!.endedAt, T0 + 10);
+    assert.equal(store.addBan(ban('192.0.2.1', T0 + 40, null)).added, true, 'can be banned again at once');
+  });
+});
+
+test('history keeps every ban of an address, oldest first, across expiry, removal and reopen', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tsfilter-store-'));
+  const file = join(dir, 'state.db');
+  try {
+    let store = openSqliteStore(file);
+    store.addBan(ban('2001:db8::1', T0, T0 + HOUR, { rule: 'r1' }));
+    store.expireBans(T0 + HOUR);
+    store.addBan(ban('2001:db8::1', T0 + 2 * HOUR, null, { rule: 'r2', origin: 'manual' }));
+    store.removeBan('2001:db8::1', T0 + 3 * HOUR, 'manual');
+    store.addBan(ban('2001:db8::1', T0 + 4 * HOUR, null, { rule: 'r3', origin: 'remote', server: 'node-b' }));
+    store.close();
+    store = openSqliteStore(file);
+    const h = store.history('2001:db8::1');
+    assert.deepEqual(h.map((b) => [b.rule, b.banCount, b.origin, b.endReason]), [
+      ['r1', 1, 'local', 'expired'],
+      ['r2', 2, 'manual', 'manual'],
+      ['r3', 3, 'remote', null],
+    ]);
+    assert.equal(store.activeBan('2001:db8::1', T0 + 100 * HOUR)!.server, 'node-b');
+    store.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('permanent bans (expiresAt null) stay active at any time and are never expired', () => {
+  withStore((store) => {
+    const r = store.addBan(ban('192.0.2.5', T0, null));
+    assert.equal(r.record.expiresAt, null);
+    const far = T0 + 100 * 365 * 24 * HOUR;
+    assert.deepEqual(store.expireBans(far), []);
+    assert.deepEqual(store.activeBan('192.0.2.5', far), r.record);
+    assert.equal(store.addBan(ban('192.0.2.5', far, far + HOUR)).added, false);
+  });
+});
+
+test('transaction() commits bans, positions and counters together, nests, and rolls back on throw', () => {
+  withStore((store) => {
+    assert.throws(() =>
+      store.transaction(() => {
+        store.addBan(ban('192.0.2.1', T0, null));
+        store.setPosition('/var/log/auth.log', { inode: 1, offset: 10, fingerprint: 'f' });
+        throw new Error('boom');
+      }), /boom/);
+    assert.equal(store.activeBan('192.0.2.1', T0), undefined);
+    assert.equal(store.getPosition('/var/log/auth.log'), undefined);
+
+    const n = store.transaction(() => {
+      store.addBan(ban('192.0.2.2', T0, null));
+      try {
+        store.transaction(() => {
+          store.addBan(ban('192.0.2.3', T0, null));
+          throw new Error('inner');
+        });
+      } catch { /* inner savepoint rolled back only */ }
+      store.saveCounters([{ rule: 'sshd', ip: '192.0.2.4', state: '{"n":1}', updatedAt: T0 }], []);
+      return 42;
+    });
+    assert.equal(n, 42);
+    assert.ok(store.activeBan('192.0.2.2', T0));
+    assert.equal(store.activeBan('192.0.2.3', T0), undefined);
+    assert.equal(store.loadCounters().length, 1);
+  });
+});
+
+test('the store works in memory for replay', () => {
+  const store = openSqliteStore(':memory:');
+  store.addBan(ban('192.0.2.1', T0, null));
+  assert.equal(store.activeBans(T0).length, 1);
+  store.close();
+  store.close();
+  assert.throws(() => store.activeBans(T0), /closed/);
+});
+
+test('bad arguments are rejected without writing', () => {
+  withStore((store) => {
+    assert.throws(() => store.addBan(ban('', T0, null)), TypeError);
+    assert.throws(() => store.addBan(ban('192.0.2.1', Number.NaN, null)), TypeError);
+    assert.equal(store.activeBans(T0).length, 0);
+  });
+});
