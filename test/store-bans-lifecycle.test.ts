@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openSqliteStore, type SqliteStore } from '../src/store/sqlite-store.ts';
 import type { BanRecord } from '../src/store/types.ts';
+import Database from 'better-sqlite3';
 
 const T0 = 1_700_000_000_000;
 const HOUR = 3_600_000;
@@ -191,5 +192,47 @@ test('bad arguments are rejected without writing', () => {
     assert.throws(() => store.addBan(ban('', T0, null)), TypeError);
     assert.throws(() => store.addBan(ban('192.0.2.1', Number.NaN, null)), TypeError);
     assert.equal(store.activeBans(T0).length, 0);
+  });
+});
+
+test('a ban whose second write fails leaves nothing behind, alone or inside a transaction whose caller swallowed the error', () => {
+  withStore((store, file) => {
+    // Make the bans insert fail after the banned_ip mirror row has been written.
+    const raw = new Database(file);
+    raw.exec("CREATE TRIGGER inject BEFORE INSERT ON bans WHEN NEW.ip = '192.0.2.66' BEGIN SELECT RAISE(ABORT, 'injected'); END");
+    raw.close();
+    const mirrorRows = (): number => {
+      const db = new Database(file, { readonly: true });
+      const n = (db.prepare('SELECT count(*) AS n FROM banned_ip').get() as { n: number }).n;
+      db.close();
+      return n;
+    };
+
+    assert.throws(() => store.addBan(ban('192.0.2.66', T0, null)), /injected/);
+    assert.equal(mirrorRows(), 0);
+
+    assert.throws(
+      () =>
+        store.transaction(() => {
+          store.addBan(ban('192.0.2.1', T0, null));
+          try {
+            store.addBan(ban('192.0.2.66', T0, null));
+          } catch { /* the caller carries on */ }
+          store.addBan(ban('192.0.2.2', T0, null));
+        }),
+      /failed part-way inside this transaction; all of it was rolled back/,
+    );
+    assert.deepEqual(store.activeBans(T0), []);
+    assert.equal(mirrorRows(), 0);
+
+    // A failure inside a nested transaction() is undone by its savepoint, so the outer one may commit.
+    store.transaction(() => {
+      store.addBan(ban('192.0.2.1', T0, null));
+      try {
+        store.transaction(() => store.addBan(ban('192.0.2.66', T0, null)));
+      } catch { /* rolled back to the savepoint */ }
+    });
+    assert.deepEqual(store.activeBans(T0).map((b) => b.ip), ['192.0.2.1']);
+    assert.equal(mirrorRows(), 1);
   });
 });

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { openSqliteStore } from '../src/store/sqlite-store.ts';
 
 function inTmp(fn: (file: string) => void): void {
@@ -56,13 +57,21 @@ test('saveCounters upserts and removes in one go; loadCounters returns what surv
   });
 });
 
-test('saveCounters is atomic: a failure part-way writes nothing', () => {
+test('saveCounters is atomic: a failure part-way writes nothing, and bad input is refused before any write', () => {
   inTmp((file) => {
     const store = openSqliteStore(file);
     store.saveCounters([{ rule: 'sshd', ip: '192.0.2.1', state: 'a', updatedAt: 1 }], []);
-    const bad = { rule: 'sshd', ip: '192.0.2.2', state: null as unknown as string, updatedAt: 2 }; // NOT NULL violation
+    const raw = new Database(file);
+    raw.exec("CREATE TRIGGER inject BEFORE INSERT ON counters WHEN NEW.ip = '192.0.2.66' BEGIN SELECT RAISE(ABORT, 'injected'); END");
+    raw.close();
     assert.throws(() =>
-      store.saveCounters([{ rule: 'sshd', ip: '192.0.2.3', state: 'c', updatedAt: 3 }, bad], [{ rule: 'sshd', ip: '192.0.2.1' }]));
+      store.saveCounters(
+        [{ rule: 'sshd', ip: '192.0.2.3', state: 'c', updatedAt: 3 }, { rule: 'sshd', ip: '192.0.2.66', state: 'x', updatedAt: 2 }],
+        [{ rule: 'sshd', ip: '192.0.2.1' }],
+      ), /injected/);
+    assert.deepEqual(store.loadCounters().map((c) => c.ip), ['192.0.2.1']);
+    const bad = { rule: 'sshd', ip: '192.0.2.2', state: null as unknown as string, updatedAt: 2 };
+    assert.throws(() => store.saveCounters([bad], [{ rule: 'sshd', ip: '192.0.2.1' }]), TypeError);
     assert.deepEqual(store.loadCounters().map((c) => c.ip), ['192.0.2.1']);
     store.close();
   });

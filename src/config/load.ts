@@ -147,9 +147,8 @@ export function parseConfig(json: unknown, file: string, opts: { cwd?: string } 
       compileRule(rule.match, { warn: () => {} });
     } catch (e) {
       if (e instanceof PatternError) {
-        problems.push({ path: `settings.rules.${name}.${e.list}[${e.index}]`, message: e.message });
-      } else if (e instanceof TimeFormatError) {
-        problems.push({ path: `settings.rules.${name}.time_format`, message: (e as Error).message });
+        const at = e.index >= 0 ? `${e.list}[${e.index}]` : e.list;
+        problems.push({ path: `settings.rules.${name}.${at}`, message: e.message });
       } else {
         problems.push({ path: `settings.rules.${name}`, message: (e as Error).message });
       }
@@ -175,9 +174,6 @@ export function parseConfig(json: unknown, file: string, opts: { cwd?: string } 
     raw,
   };
 }
-
-/** Marks a time_format problem so it is reported at the time_format path. */
-export class TimeFormatError extends Error {}
 
 function normaliseRule(name: string, r: RawRule, raw: RawConfig): RuleSettings {
   const s = raw.settings;

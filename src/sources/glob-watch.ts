@@ -58,6 +58,7 @@ export async function expandPatterns(patterns: string[]): Promise<string[]> {
 export class DirWatchers {
   private readonly watchers = new Map<string, FSWatcher>();
   private closed = false;
+  private readonly warned = new Set<string>();
 
   constructor(
     private readonly onEvent: (dir: string, eventType: string, filename: string | null) => void,
@@ -81,7 +82,8 @@ export class DirWatchers {
       this.watchers.set(dir, w);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT' && code !== 'ENOTDIR') {
+      if (code !== 'ENOENT' && code !== 'ENOTDIR' && !this.warned.has(dir)) {
+        this.warned.add(dir);
         this.warn('cannot watch directory; relying on polling', { dir, error: String(err) });
       }
     }

@@ -85,6 +85,29 @@ export class StoreError extends Error {
   }
 }
 
+/** The columns every ban query selects, in this order; rows are read in raw (array) mode, which is about twice as fast
+ * as better-sqlite3's object rows for activeBans() over 100k bans. */
+const BAN_COLUMNS =
+  'id, ip, rule, reason, created_at, expires_at, failures, ban_count, origin, server, country, lines, ended_at, end_reason, banned_ip_id';
+type RawBan = [number, string, string, string, number, number | null, number, number, string, string, string | null, string | null, number | null, string | null, number | null];
+
+function fromRaw(a: RawBan): BanRow {
+  return {
+    id: a[0], ip: a[1], rule: a[2], reason: a[3], created_at: a[4], expires_at: a[5], failures: a[6], ban_count: a[7],
+    origin: a[8], server: a[9], country: a[10], lines: a[11], ended_at: a[12], end_reason: a[13], banned_ip_id: a[14],
+  };
+}
+
+function recordFromRaw(a: RawBan): BanRecord {
+  const rec: BanRecord = {
+    ip: a[1], rule: a[2], reason: a[3], createdAt: a[4], expiresAt: a[5], failures: a[6], banCount: a[7],
+    origin: a[8] as BanOrigin, server: a[9], country: a[10],
+  };
+  const lines = parseLines(a[11]);
+  if (lines !== undefined) rec.lines = lines;
+  return rec;
+}
+
 interface BanRow {
   id: number;
   ip: string;
@@ -226,6 +249,33 @@ function checkTime(name: string, v: unknown, nullable: boolean): void {
   if (typeof v !== 'number' || !Number.isFinite(v)) throw new TypeError(`store: ${name} must be a finite number${nullable ? ' or null' : ''}, got ${String(v)}`);
 }
 
+function checkString(name: string, v: unknown, allowEmpty: boolean): void {
+  if (typeof v !== 'string' || (!allowEmpty && v === '')) throw new TypeError(`store: ${name} must be a ${allowEmpty ? '' : 'non-empty '}string, got ${String(v)}`);
+}
+
+/** Everything a NOT NULL column needs, checked before the first write (see `failedInside`). */
+function checkBan(ban: Omit<BanRecord, 'banCount'>): void {
+  checkString('ban ip', ban.ip, false);
+  checkString('ban rule', ban.rule, true);
+  checkString('ban reason', ban.reason, true);
+  checkString('ban origin', ban.origin, false);
+  checkString('ban server', ban.server, true);
+  checkTime('ban createdAt', ban.createdAt, false);
+  checkTime('ban expiresAt', ban.expiresAt, true);
+  checkTime('ban failures', ban.failures, false);
+  if (ban.country !== undefined && ban.country !== null) checkString('ban country', ban.country, true);
+  if (ban.lines !== undefined && (!Array.isArray(ban.lines) || ban.lines.some((l) => typeof l !== 'string'))) {
+    throw new TypeError('store: ban lines must be an array of strings');
+  }
+}
+
+function checkCounter(c: CounterState): void {
+  checkString('counter rule', c.rule, false);
+  checkString('counter ip', c.ip, false);
+  checkString('counter state', c.state, true);
+  checkTime('counter updatedAt', c.updatedAt, false);
+}
+
 export function openSqliteStore(path: string, opts: SqliteStoreOptions = {}): SqliteStore {
   const readonly = opts.readonly === true;
   const defaultServer = opts.server ?? PYFILTER_SERVER_NAME;
@@ -272,6 +322,7 @@ function prepareConnection(db: Db, path: string, readonly: boolean, busyTimeoutM
   }
   db.pragma('synchronous = FULL');
   db.pragma('foreign_keys = ON');
+  db.pragma('cache_size = -16384'); // 16 MiB page cache (default 2 MiB): big batches and scans stop spilling
   // Corruption past the header otherwise only shows when the damaged page is read; check the whole file now, while
   // the error can still be reported as "this file is corrupt" (cheap: tens of ms for 100k bans).
   const check = db.pragma('quick_check', { simple: true }) as string;
@@ -332,17 +383,17 @@ function syncBannedIp(db: Db, defaultServer: string): void {
 
 function buildStore(db: Db, path: string, readonly: boolean, defaultServer: string): SqliteStore {
   const s = {
-    openByIp: db.prepare<[string], BanRow>('SELECT * FROM bans WHERE ip = ? AND ended_at IS NULL ORDER BY id'),
+    openByIp: db.prepare<[string], BanRow>(`SELECT ${BAN_COLUMNS} FROM bans WHERE ip = ? AND ended_at IS NULL ORDER BY id`),
     activeByIp: db.prepare<[string, number], BanRow>(
-      'SELECT * FROM bans WHERE ip = ? AND ended_at IS NULL AND (expires_at IS NULL OR expires_at > ?) ORDER BY id LIMIT 1',
+      `SELECT ${BAN_COLUMNS} FROM bans WHERE ip = ? AND ended_at IS NULL AND (expires_at IS NULL OR expires_at > ?) ORDER BY id LIMIT 1`,
     ),
-    activeAll: db.prepare<[number], BanRow>(
-      'SELECT * FROM bans WHERE ended_at IS NULL AND (expires_at IS NULL OR expires_at > ?) ORDER BY id',
-    ),
-    due: db.prepare<[number], BanRow>(
-      'SELECT * FROM bans WHERE ended_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ? ORDER BY id',
-    ),
-    history: db.prepare<[string], BanRow>('SELECT * FROM bans WHERE ip = ? ORDER BY created_at, id'),
+    activeAll: db.prepare<[number], RawBan>(
+      `SELECT ${BAN_COLUMNS} FROM bans WHERE ended_at IS NULL AND (expires_at IS NULL OR expires_at > ?) ORDER BY id`,
+    ).raw(),
+    due: db.prepare<[number], RawBan>(
+      `SELECT ${BAN_COLUMNS} FROM bans WHERE ended_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ? ORDER BY id`,
+    ).raw(),
+    history: db.prepare<[string], BanRow>(`SELECT ${BAN_COLUMNS} FROM bans WHERE ip = ? ORDER BY created_at, id`),
     countByIp: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM bans WHERE ip = ?'),
     insertMirror: db.prepare<[string, number, string, string, string | null]>(
       'INSERT INTO banned_ip (ip, time_banned, server_name, log_msg, country) VALUES (?, ?, ?, ?, ?)',
@@ -372,7 +423,21 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
   // write lock up front, so a read-then-write transaction cannot fail with SQLITE_BUSY half-way when a CLI process
   // writes concurrently (busy_timeout then applies to BEGIN).
   const txRaw = db.transaction((fn: () => unknown) => fn()).immediate;
-  const tx = <T>(fn: () => T): T => txRaw(fn) as T;
+  // A multi-statement write of the store itself (addBan: mirror row + ban row) is atomic on its own outside a
+  // transaction. Inside the caller's transaction() it runs inline, without a SAVEPOINT of its own: savepoints cost
+  // 60% of a batched addBan (100k bans: 2.2 s with, 0.9 s without). Inputs are checked before the first write, so
+  // only SQLite itself can fail part-way (disk full, I/O error); should the caller catch that error and carry on,
+  // `failedInside` makes the outermost transaction() roll everything back instead of committing half a ban.
+  let failedInside: unknown = undefined;
+  const tx = <T>(fn: () => T): T => {
+    if (!db.inTransaction) return txRaw(fn) as T;
+    try {
+      return fn();
+    } catch (err) {
+      failedInside ??= err;
+      throw err;
+    }
+  };
   let closed = false;
 
   const guard = <T>(doing: string, fn: () => T): T => {
@@ -395,9 +460,7 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
 
     addBan(ban) {
       return guard('addBan', () => {
-        if (typeof ban.ip !== 'string' || ban.ip === '') throw new TypeError('store.addBan: ip must be a non-empty string');
-        checkTime('createdAt', ban.createdAt, false);
-        checkTime('expiresAt', ban.expiresAt, true);
+        checkBan(ban);
         return tx(() => {
           const open = s.openByIp.all(ban.ip);
           let active: BanRow | undefined;
@@ -441,10 +504,10 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
         // One record per address (duplicate PyFilter rows for one ip import as several open bans: keep the oldest).
         const seen = new Set<string>();
         const out: BanRecord[] = [];
-        for (const row of s.activeAll.iterate(now)) {
-          if (seen.has(row.ip)) continue;
-          seen.add(row.ip);
-          out.push(toRecord(row));
+        for (const raw of s.activeAll.all(now)) {
+          if (seen.has(raw[1])) continue;
+          seen.add(raw[1]);
+          out.push(recordFromRaw(raw));
         }
         return out;
       });
@@ -467,7 +530,7 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
     expireBans(now) {
       return guard('expireBans', () =>
         tx(() => {
-          const rows = s.due.all(now);
+          const rows = s.due.all(now).map(fromRaw);
           for (const row of rows) endRow(row, now, 'expired');
           return rows.map(toRecord);
         }),
@@ -497,6 +560,11 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
     saveCounters(states, removed) {
       guard('saveCounters', () => {
         if (states.length === 0 && removed.length === 0) return;
+        for (const c of states) checkCounter(c);
+        for (const r of removed) {
+          checkString('counter rule', r.rule, false);
+          checkString('counter ip', r.ip, false);
+        }
         tx(() => {
           for (const r of removed) s.delCounter.run(r.rule, r.ip);
           for (const c of states) s.putCounter.run(c.rule, c.ip, c.state, c.updatedAt);
@@ -513,7 +581,28 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
     transaction<T>(fn: () => T): T {
       if (closed) throw new StoreError(path, 'transaction: the store is closed');
       try {
-        return tx(fn);
+        if (db.inTransaction) {
+          // Nested: a SAVEPOINT. If it rolls back, so does any half-done store write inside it.
+          const before = failedInside;
+          try {
+            return txRaw(fn) as T;
+          } catch (err) {
+            failedInside = before;
+            throw err;
+          }
+        }
+        failedInside = undefined;
+        try {
+          return txRaw(() => {
+            const result = fn();
+            if (failedInside !== undefined) {
+              throw new StoreError(path, 'transaction: a store write failed part-way inside this transaction; all of it was rolled back', { cause: failedInside });
+            }
+            return result;
+          }) as T;
+        } finally {
+          failedInside = undefined;
+        }
       } catch (err) {
         throw wrapError(path, err, 'transaction');
       }

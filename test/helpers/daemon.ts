@@ -1,0 +1,67 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { CLI, REPO } from './cli.ts';
+
+/** Our default config, with the SSH rule pointed at `logFile` and all state under `dataDir`. */
+export function sshConfig(dataDir: string, logFile: string, overrides: Record<string, unknown> = {}, ruleOverrides: Record<string, unknown> = {}): string {
+  const cfg = JSON.parse(readFileSync(path.join(REPO, 'config/config.default.json'), 'utf8'));
+  cfg.settings.data_dir = dataDir;
+  const ssh = cfg.settings.rules.ssh;
+  ssh.log_files = logFile;
+  delete ssh.journal;
+  Object.assign(ssh, ruleOverrides);
+  cfg.settings.rules = { ssh };
+  Object.assign(cfg.settings, overrides);
+  const file = path.join(dataDir, 'config.json');
+  writeFileSync(file, JSON.stringify(cfg, null, 2));
+  return file;
+}
+
+/** A `tsfilter run` child process whose stdout log records can be awaited. */
+export class DaemonProcess {
+  readonly child: ChildProcess;
+  out = '';
+  err = '';
+  exited: Promise<number | null>;
+
+  constructor(configFile: string, env: Record<string, string> = {}) {
+    this.child = spawn(process.execPath, ['--import', 'tsx', CLI, 'run', '--config', configFile], {
+      cwd: REPO,
+      env: { ...process.env, TZ: 'UTC', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.child.stdout!.setEncoding('utf8').on('data', (d: string) => (this.out += d));
+    this.child.stderr!.setEncoding('utf8').on('data', (d: string) => (this.err += d));
+    this.exited = new Promise((resolve) => this.child.on('exit', (code) => resolve(code)));
+  }
+
+  /** Waits until a stdout record matches; fails with the output so far after `ms`. */
+  async waitFor(re: RegExp, ms = 20_000): Promise<RegExpMatchArray> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const m = this.out.match(re);
+      if (m) return m;
+      if (this.child.exitCode !== null) throw new Error(`daemon exited (${this.child.exitCode}) before ${re}:\n${this.out}\n${this.err}`);
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${re}:\n${this.out}\n${this.err}`);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+
+  count(re: RegExp): number {
+    return (this.out.match(new RegExp(re.source, 'g')) ?? []).length;
+  }
+
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
+    return this.exited;
+  }
+}
+
+export async function until(cond: () => boolean, ms = 20_000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
