@@ -24,6 +24,9 @@ export interface DetectorOptions {
   defaultPolicy?: CountingPolicy;
 }
 
+/** Shared by every gap-mode entry (gap mode never writes `times`): one less array per entry. */
+const NO_TIMES = Object.freeze([]) as unknown as number[];
+
 const GAP = 0;
 const WINDOW = 1;
 
@@ -32,16 +35,21 @@ const SWEEP_PER_OBSERVE = 2;
 
 /**
  * Copies text out of whatever larger string it was sliced from. V8 represents `s.slice()` / regex captures of 13+
- * characters as views that keep the whole parent alive (a line, or a 64 KiB read chunk); keeping one such view per
- * tracked entry would defeat the memory bound. Concatenating makes a cons string, and slicing that flattens it into a
- * fresh copy. Only paid when an entry is created or a failure line is kept as evidence.
+ * characters as views that keep the whole parent alive; keeping one such view per tracked entry would defeat the
+ * memory bound (an IPv4 capture would pin its whole line, a cut evidence line its whole 8 KiB original).
+ * Concatenating makes a cons string, and slicing that flattens it into a fresh copy.
  */
 function detach(s: string): string {
   return (' ' + s).slice(1);
 }
 
+/**
+ * A failure line as kept for evidence. Lines are kept as given unless cut: the sources decode every line on its own
+ * (`buf.toString(start, end)` in sources/line-splitter.ts), so a line is not a view into a read chunk, and copying
+ * every kept line would cost the flood benchmark about a third of its throughput. A cut line is a view and is copied.
+ */
 function evidence(line: string): string {
-  return detach(line.length > MAX_EVIDENCE_LINE_CHARS ? line.slice(0, MAX_EVIDENCE_LINE_CHARS) : line);
+  return line.length > MAX_EVIDENCE_LINE_CHARS ? detach(line.slice(0, MAX_EVIDENCE_LINE_CHARS)) : line;
 }
 
 class RuleState {
@@ -123,7 +131,7 @@ class Entry {
   ) {
     this.seen = time;
     this.last = time;
-    this.times = rule.mode === WINDOW ? [time] : [];
+    this.times = rule.mode === WINDOW ? [time] : NO_TIMES;
     if (rule.mode === WINDOW) this.amount = 1;
     this.lines = [];
   }

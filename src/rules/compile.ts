@@ -10,7 +10,7 @@ import { normalizeIp } from '../detect/ip.ts';
 import type { SourceLine } from '../sources/types.ts';
 import { PatternError } from './types.ts';
 import type { Match, MatchKind, PatternSpec, RuleConfig, RuleMatcher, WarnFn } from './types.ts';
-import { groupInfo, requiredLiteral, translatePython, TranslateError } from './pyregex.ts';
+import { foldCase, groupInfo, requiredLiteral, translatePython, TranslateError } from './pyregex.ts';
 import { compileTimeFormat, TimeFormatError } from './time.ts';
 import type { TimeParser } from './time.ts';
 import { rateLimitedWarn } from './warn.ts';
@@ -86,6 +86,11 @@ function compilePattern(
   } catch (e) {
     if (e instanceof TranslateError) return fail(e.message);
     throw e;
+  }
+  if (flags.includes('i')) {
+    // V8's linear engine has no `i` flag: spell case-insensitivity out in the pattern instead.
+    source = foldCase(source);
+    flags = flags.replace('i', '');
   }
   let re: RegExp;
   try {

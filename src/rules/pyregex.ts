@@ -225,3 +225,81 @@ export function requiredLiteral(source: string, flags: string): string | null {
   flush();
   return best.length >= 3 ? best : null;
 }
+
+function otherCase(c: string): string | null {
+  const u = c.toUpperCase();
+  const l = c.toLowerCase();
+  const o = c === u ? l : u;
+  return o !== c && o.length === 1 ? o : null;
+}
+
+/**
+ * Rewrites a JS regex source so that it matches case-insensitively without the `i` flag (which V8's linear engine
+ * does not support): each letter `a` becomes `[aA]`, and letters and letter ranges in classes get their other case.
+ * Group names and escapes are left alone.
+ */
+export function foldCase(source: string): string {
+  let out = '';
+  let inClass = false;
+  let classExtra = '';
+  for (let i = 0; i < source.length; i++) {
+    const c = source[i]!;
+    if (c === '\\') {
+      const n = source[i + 1] ?? '';
+      let len = 2;
+      if (n === 'x') len = 4;
+      else if (n === 'u') len = source[i + 2] === '{' ? source.indexOf('}', i) - i + 1 : 6;
+      else if (n === 'c') len = 3;
+      else if (n === 'k' || n === 'p' || n === 'P') {
+        const close = source.indexOf(n === 'k' ? '>' : '}', i);
+        len = close < 0 ? 2 : close - i + 1;
+      }
+      out += source.slice(i, i + len);
+      i += len - 1;
+      continue;
+    }
+    if (inClass) {
+      if (c === ']') {
+        out += classExtra + c;
+        inClass = false;
+        continue;
+      }
+      const next = source[i + 1];
+      const end = source[i + 2];
+      if (next === '-' && end !== undefined && end !== ']' && end !== '\\') {
+        // A range: add the other-case range when both ends are letters of one case.
+        out += c + '-' + end;
+        const oc = otherCase(c);
+        const oe = otherCase(end);
+        if (oc !== null && oe !== null && (c === c.toLowerCase()) === (end === end.toLowerCase())) {
+          classExtra += oc + '-' + oe;
+        }
+        i += 2;
+        continue;
+      }
+      out += c;
+      const o = otherCase(c);
+      if (o !== null) classExtra += o;
+      continue;
+    }
+    if (c === '[') {
+      inClass = true;
+      classExtra = '';
+      out += c;
+      if (source[i + 1] === '^') {
+        out += '^';
+        i++;
+      }
+      continue;
+    }
+    if (c === '(' && source[i + 1] === '?' && source[i + 2] === '<' && source[i + 3] !== '=' && source[i + 3] !== '!') {
+      const close = source.indexOf('>', i);
+      out += source.slice(i, close + 1);
+      i = close;
+      continue;
+    }
+    const o = otherCase(c);
+    out += o === null ? c : `[${c}${o}]`;
+  }
+  return out;
+}

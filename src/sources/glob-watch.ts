@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import fg from 'fast-glob';
 
 export function isGlob(pattern: string): boolean {
-  return fg.isDynamicPattern(pattern);
+  return pattern !== '' && fg.isDynamicPattern(pattern);
 }
 
 /** The deepest directory of a pattern without glob characters: where new matching files show up. */

@@ -324,7 +324,8 @@ function prepareConnection(db: Db, path: string, readonly: boolean, busyTimeoutM
   db.pragma('foreign_keys = ON');
   db.pragma('cache_size = -16384'); // 16 MiB page cache (default 2 MiB): big batches and scans stop spilling
   // Corruption past the header otherwise only shows when the damaged page is read; check the whole file now, while
-  // the error can still be reported as "this file is corrupt" (cheap: tens of ms for 100k bans).
+  // the error can still be reported as "this file is corrupt" (a whole reopen of a 100k-ban, 33 MiB store, this check
+  // included, takes about 0.15 s).
   const check = db.pragma('quick_check', { simple: true }) as string;
   if (check !== 'ok') throw new StoreError(path, `the database file is corrupt (quick_check: ${check})`);
 }
