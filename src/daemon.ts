@@ -43,7 +43,19 @@ export interface DaemonHandle {
 
 /** Starts the daemon: every part is built and checked before any source starts reading. */
 export async function startDaemon(config: Config, logger: Logger): Promise<DaemonHandle> {
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  try {
+    mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new Error(
+      `cannot create the data directory ${config.dataDir} (settings.data_dir in ${config.file}): ${(e as Error).message}; ` +
+        'run as root or point data_dir at a writable directory',
+    );
+  }
+  if (config.database === 'redis') {
+    logger.warn('settings.database is "redis" but fleet sync over Redis is not available yet: using the local SQLite store only', {
+      store: config.sqlitePath,
+    });
+  }
   const store = openSqliteStore(config.sqlitePath, { server: config.serverName });
   const ignore = IgnoreList.parse(config.ignoredIps);
   const rules = config.rules.filter((r) => r.enabled);

@@ -211,37 +211,57 @@ export function parseIso(s: string): number | null {
 }
 
 /**
- * Chooses the year for a yearless time: the latest of (year of now + 1, year of now, year of now - 1) that is not
- * more than YEAR_SKEW_MS after `now`.
- */
-function placeYearless(cands: [number, number, number], now: number): number | null {
-  for (const t of cands) if (!Number.isNaN(t) && t <= now + YEAR_SKEW_MS) return t;
-  return null;
-}
-
-/**
  * Compiles a strptime format (or undefined for ISO 8601 only) into a parser. Throws TimeFormatError for an
  * unsupported directive. The parser caches the last string it parsed: log lines come in runs of equal seconds.
  */
 export function compileTimeFormat(format?: string): TimeParser {
   const compiled = format === undefined || format === '' ? null : compileFormat(format);
 
-  // Cache of the last string: either a fixed time, or yearless fields with candidates for the years around now.
+  // Cache of the last string: either a fixed time, or yearless fields.
   let lastStr: string | null = null;
   let lastFixed: number | null = null;
   let lastFields: Fields | null = null;
-  let candYearLo = 0; // [candYearLo, candYearHi) is the span of `now` for which `cands` are valid
-  let candYearHi = -1;
-  let cands: [number, number, number] = [NaN, NaN, NaN];
+  // The local year of the last `now` seen, and the span [yearLo, yearHi) of times in it.
+  let year = 0;
+  let yearLo = 0;
+  let yearHi = -1;
+  // Per yearless string: its time in `year` - 1, `year`, `year` + 1, computed when first needed (NaN: not yet).
+  let candYear = 0;
+  const cands = [NaN, NaN, NaN];
 
-  function yearlessFor(f: Fields, now: number): number | null {
-    if (now < candYearLo || now >= candYearHi) {
-      const y = new Date(now).getFullYear();
-      candYearLo = new Date(y, 0, 1).getTime();
-      candYearHi = new Date(y + 1, 0, 1).getTime();
-      cands = [timeIn(f, y + 1), timeIn(f, y), timeIn(f, y - 1)];
+  function cand(f: Fields, k: 0 | 1 | 2): number {
+    let t = cands[k]!;
+    if (Number.isNaN(t)) {
+      t = timeIn(f, year - 1 + k);
+      cands[k] = Number.isNaN(t) ? Infinity : t; // Infinity: the date does not exist that year
     }
-    return placeYearless(cands, now);
+    return t;
+  }
+
+  /**
+   * Places a yearless time: the latest of (year of now + 1, year of now, year of now - 1) that is not more than
+   * YEAR_SKEW_MS after `now`. Usually one Date computation per distinct string: next year is only a candidate in
+   * the last day of the year.
+   */
+  function yearlessFor(f: Fields, now: number): number | null {
+    if (now < yearLo || now >= yearHi) {
+      year = new Date(now).getFullYear();
+      yearLo = new Date(year, 0, 1).getTime();
+      yearHi = new Date(year + 1, 0, 1).getTime();
+    }
+    if (candYear !== year) {
+      candYear = year;
+      cands[0] = cands[1] = cands[2] = NaN;
+    }
+    const limit = now + YEAR_SKEW_MS;
+    if (limit >= yearHi) {
+      const next = cand(f, 2);
+      if (next <= limit) return next;
+    }
+    const cur = cand(f, 1);
+    if (cur <= limit) return cur;
+    const prev = cand(f, 0);
+    return prev <= limit ? prev : null;
   }
 
   function parseWithFormat(s: string): Fields | null {
@@ -264,7 +284,7 @@ export function compileTimeFormat(format?: string): TimeParser {
       lastStr = s;
       lastFields = null;
       lastFixed = null;
-      candYearHi = -1;
+      candYear = NaN;
       const f = parseWithFormat(s);
       if (f !== null) {
         if (f.epoch !== undefined) lastFixed = Math.floor(f.epoch * 1000);

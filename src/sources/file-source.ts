@@ -107,12 +107,7 @@ export function createFileSource(opts: FileSourceOptions): Source {
   }
 
   function check(t: FileTailer): void {
-    void t.requestCheck().then(() => {
-      if (t.gone && tailers.get(t.path) === t) {
-        tailers.delete(t.path);
-        void t.stop();
-      }
-    });
+    void t.requestCheck();
   }
 
   function onDirEvent(dir: string, eventType: string, filename: string | null): void {
@@ -163,7 +158,16 @@ export function createFileSource(opts: FileSourceOptions): Source {
         check(track(file, { kind: 'stored', pos: opts.positions.getPosition(file), fromStartIfUnknown: true }));
       }
     }
-    for (const t of tailers.values()) if (!seen.has(t.path)) check(t);
+    for (const t of [...tailers.values()]) {
+      if (seen.has(t.path)) continue;
+      if (t.gone && !t.reader) {
+        // Missing at the last check and at this rescan: the file is finished (already drained) and dropped.
+        tailers.delete(t.path);
+        await t.stop();
+      } else {
+        check(t);
+      }
+    }
   }
 
   function pollRetired(): void {

@@ -221,7 +221,11 @@ function errCode(err: unknown): string | undefined {
  */
 export class FileTailer {
   reader: FileReader | null = null;
-  /** Set when the path no longer names a file: the source drops the tailer. */
+  /**
+   * Set while the path names no file (deleted or rotated away and not re-created yet). The tailer keeps trying on
+   * every check, so a re-created file is picked up by the next poll tick even without a rescan; the source drops
+   * it when a rescan does not find the path either.
+   */
   gone = false;
   private running: Promise<void> | null = null;
   private again = false;
@@ -315,6 +319,7 @@ export class FileTailer {
       return false;
     }
     this.openWarned = false;
+    this.gone = false;
     const { reader, how } = opened;
     const claim = this.deps.claim(this, reader.ino, reader.dev);
     if (claim.kind === 'retired') {
