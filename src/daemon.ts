@@ -103,14 +103,23 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   const sink = (rule: string) => (lines: SourceLine[], positions: Map<string, Position>) => {
     if (stopping) return;
     const matcher = matchers.get(rule)!;
-    pipeline.process(matcher, lines, Date.now());
-    // Positions are saved after their lines were processed, with the counters they produced: a crash re-reads
-    // a batch rather than skipping it, and bans were already committed one by one.
     const pstore = prefixed(store, `${rule}:`);
-    store.transaction(() => {
-      for (const [k, p] of positions) pstore.setPosition(k, p);
-      saveCounters();
-    });
+    // One transaction per batch: the bans it decided, the counters it changed and the positions after it commit
+    // together (one fsync). A crash before the commit re-reads the batch at the next start and decides the same
+    // bans again; a crash after it loses nothing. Bans are announced and enforced only once committed.
+    try {
+      store.transaction(() => {
+        pipeline.process(matcher, lines, Date.now());
+        for (const [k, p] of positions) pstore.setPosition(k, p);
+        saveCounters();
+      });
+    } catch (e) {
+      logger.error('could not commit a batch to the store; its lines will be read again at the next start', {
+        rule,
+        lines: lines.length,
+        error: e,
+      });
+    }
     void bans.flush();
   };
   const saveCounters = () => {

@@ -25,7 +25,7 @@ export interface BanManagerOptions {
  * at any later point loses nothing: the firewall is reconciled from the store at the next start.
  */
 export class BanManager {
-  private pending: Enforcement[] = [];
+  private pending: { record: BanRecord; instant: boolean }[] = [];
   private readonly now: () => number;
   bansDecided = 0;
 
@@ -33,7 +33,11 @@ export class BanManager {
     this.now = o.now ?? Date.now;
   }
 
-  /** Records a ban for a decision; returns it, or null when the address is ignored or already banned. */
+  /**
+   * Records a ban for a decision; returns it, or null when the address is ignored or already banned.
+   * Callers run decide() inside the store transaction of their batch and call flush() after it committed, so
+   * a ban is only announced and enforced once it is durable.
+   */
   decide(d: BanDecision): BanRecord | null {
     if (this.o.ignore.has(d.ip)) return null;
     const now = this.o.useEventTime ? d.time : this.now();
@@ -53,28 +57,31 @@ export class BanManager {
     });
     if (!added) return null;
     this.bansDecided++;
-    this.pending.push({ ip: record.ip, expiresAt: record.expiresAt, rule: record.rule });
-    this.o.logger.info('banned', {
-      ip: record.ip,
-      rule: record.rule,
-      failures: record.failures,
-      instant: d.instant,
-      ban_count: record.banCount,
-      until: record.expiresAt === null ? 'permanent' : new Date(record.expiresAt).toISOString(),
-    });
-    try {
-      this.o.banLog?.write(reason);
-    } catch (e) {
-      this.o.logger.warn('cannot write the ban log', { error: (e as Error).message });
-    }
+    this.pending.push({ record, instant: d.instant });
     return record;
   }
 
-  /** Applies the bans decided since the last flush, as one batch per enforcer. */
+  /** Announces and enforces the bans decided since the last flush, as one batch per enforcer. */
   async flush(): Promise<void> {
     if (this.pending.length === 0) return;
-    const batch = this.pending;
+    const decided = this.pending;
     this.pending = [];
+    for (const { record, instant } of decided) {
+      this.o.logger.info('banned', {
+        ip: record.ip,
+        rule: record.rule,
+        failures: record.failures,
+        instant,
+        ban_count: record.banCount,
+        until: record.expiresAt === null ? 'permanent' : new Date(record.expiresAt).toISOString(),
+      });
+      try {
+        this.o.banLog?.write(record.reason);
+      } catch (e) {
+        this.o.logger.warn('cannot write the ban log', { error: (e as Error).message });
+      }
+    }
+    const batch: Enforcement[] = decided.map(({ record }) => ({ ip: record.ip, expiresAt: record.expiresAt, rule: record.rule }));
     for (const e of this.o.enforcers) {
       try {
         await e.ban(batch);

@@ -71,7 +71,9 @@ export function replay(
     for (const f of files) {
       for (const batch of readLines(f)) {
         lines += batch.length;
-        for (const m of matchers) pipeline.process(m, batch, now);
+        store.transaction(() => {
+          for (const m of matchers) pipeline.process(m, batch, now);
+        });
       }
     }
   } finally {

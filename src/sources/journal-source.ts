@@ -28,7 +28,7 @@ export interface JournalSourceOptions {
   warn: Warn;
 }
 
-/** A JSON line longer than this is dropped (journalctl already prints fields over 4096 bytes as null). */
+/** A JSON line longer than this is dropped with a warning (bounded buffering of journalctl output). */
 export const MAX_JSON_LINE_BYTES = 4 * 1024 * 1024;
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
@@ -39,7 +39,9 @@ type Sink = (lines: SourceLine[], positions: Map<string, Position>) => void;
 
 /** Builds journalctl's argv (without the binary). Exported for tests and for `--print-config`-style diagnostics. */
 export function journalctlArgs(opts: Pick<JournalSourceOptions, 'matches' | 'files' | 'directory'>, cursor: string | undefined): string[] {
-  const args = ['-f', '-o', 'json', '--no-pager'];
+  // --all: without it journalctl prints fields over 4096 bytes as null, and an attacker could pad a log line
+  // past that to slip it past the rules. We cut MESSAGE to MAX_LINE_BYTES ourselves.
+  const args = ['-f', '-o', 'json', '--all', '--no-pager'];
   const files = opts.files ?? [];
   if (files.length > 0 || opts.directory) args.push('-m');
   for (const f of files) args.push(`--file=${f}`);
