@@ -4,6 +4,7 @@ import fg from 'fast-glob';
 import type { Config, RuleSettings } from './config/load.ts';
 import { compileRule } from './rules/compile.ts';
 import type { RuleMatcher } from './rules/types.ts';
+import { DnsCache } from './rules/dns-cache.ts';
 import { createDetector } from './detect/detector.ts';
 import { IgnoreList } from './detect/cidr-trie.ts';
 import { openSqliteStore } from './store/sqlite-store.ts';
@@ -20,6 +21,7 @@ import type { Logger } from './util/logger.ts';
 
 const EXPIRY_INTERVAL_MS = 1000;
 const COUNTER_FLUSH_INTERVAL_MS = 2000;
+const SWEEP_INTERVAL_MS = 60_000;
 
 /** Positions of different rules live under different keys, so two rules may follow the same file. */
 function prefixed(store: PositionStore, prefix: string): PositionStore {
@@ -93,8 +95,9 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   const warn = (msg: string, fields?: Record<string, unknown>) => logger.warn(msg, fields);
   const sources: Source[] = [];
   const matchers = new Map<string, RuleMatcher>();
+  const dns = config.useDns ? new DnsCache() : undefined;
   for (const rule of rules) {
-    const matcher = compileRule(rule.match, { warn });
+    const matcher = compileRule(rule.match, { warn, resolve: dns?.resolve });
     matchers.set(rule.name, matcher);
     sources.push(...sourcesFor(rule, store, warn, logger));
   }
@@ -133,6 +136,8 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
 
   const expiryTimer = setInterval(() => void bans.expire(), EXPIRY_INTERVAL_MS);
   const counterTimer = setInterval(() => store.transaction(saveCounters), COUNTER_FLUSH_INTERVAL_MS);
+  // When the logs are quiet nothing moves the detector's clock: forget idle addresses by the wall clock too.
+  const sweepTimer = setInterval(() => detector.sweep(Date.now()), SWEEP_INTERVAL_MS);
 
   return {
     store,
@@ -144,6 +149,7 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
       stopping = true;
       clearInterval(expiryTimer);
       clearInterval(counterTimer);
+      clearInterval(sweepTimer);
       for (const s of sources) await s.stop();
       await bans.flush();
       store.transaction(saveCounters);

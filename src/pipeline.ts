@@ -2,6 +2,9 @@ import type { SourceLine } from './sources/types.ts';
 import type { RuleMatcher } from './rules/types.ts';
 import type { Detector, BanDecision } from './detect/types.ts';
 
+/** How far ahead of the clock a line's time may be: the same day of skew the year guess allows. */
+const MAX_FUTURE_MS = 86_400_000;
+
 export interface RuleStats {
   lines: number;
   matched: number;
@@ -37,6 +40,8 @@ export class Pipeline {
     for (let i = 0; i < lines.length; i++) {
       const m = matcher.match(lines[i]!, now);
       if (m === null) continue;
+      // A time far in the future (a misparsed or forged timestamp) would age every other counter out at once.
+      if (m.time > now + MAX_FUTURE_MS) m.time = now;
       if (m.kind === 'success') st.successes++;
       else st.matched++;
       const d = this.detector.observe(m);

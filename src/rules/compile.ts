@@ -211,10 +211,19 @@ export function compileRule(cfg: RuleConfig, opts: CompileOptions): RuleMatcher 
     return match;
   }
 
+  // One scan for "could any pattern match?" is cheaper than one includes() per pattern, and most log lines
+  // match nothing. Only possible when every pattern has a required literal.
+  const literals = patterns.map((p) => p.literal);
+  const anyLiteral =
+    n > 0 && literals.every((l) => l !== null && l !== '')
+      ? new RegExp([...new Set(literals as string[])].map((l) => l.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')).join('|'))
+      : null;
+
   return {
     name,
     match(line: SourceLine, now: number): Match | null {
       const text = line.text;
+      if (anyLiteral !== null && !anyLiteral.test(text)) return null;
       for (let i = 0; i < n; i++) {
         const p = patterns[i]!;
         if (p.literal !== null && !text.includes(p.literal)) continue;
