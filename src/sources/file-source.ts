@@ -152,6 +152,7 @@ export function createFileSource(opts: FileSourceOptions): Source {
     if (stopped) return;
     // Retired readers might be adopted by a new tailer: do not race with their grace-period reads.
     if (retiredRunning) await retiredRunning;
+    if (stopped) return;
     const seen = new Set(found);
     for (const file of found) {
       if (!tailers.has(file)) {
@@ -160,8 +161,10 @@ export function createFileSource(opts: FileSourceOptions): Source {
     }
     for (const t of [...tailers.values()]) {
       if (seen.has(t.path)) continue;
-      if (t.gone && !t.reader) {
-        // Missing at the last check and at this rescan: the file is finished (already drained) and dropped.
+      if (t.gone && !t.reader && Date.now() - t.goneSince >= rescanMs) {
+        // Missing for a whole rescan interval: the file is finished (already drained) and dropped. Until then the
+        // tailer retries on every poll tick, so a file re-created under the name (rotation) is picked up at once
+        // even in poll mode, and even if it is rotated away again before the next rescan.
         tailers.delete(t.path);
         await t.stop();
       } else {

@@ -227,6 +227,8 @@ export class FileTailer {
    * it when a rescan does not find the path either.
    */
   gone = false;
+  /** When `gone` was last set (ms since the epoch). */
+  goneSince = 0;
   private running: Promise<void> | null = null;
   private again = false;
   private stopped = false;
@@ -272,6 +274,11 @@ export class FileTailer {
     this.reader = null;
   }
 
+  private markGone(): void {
+    if (!this.gone) this.goneSince = Date.now();
+    this.gone = true;
+  }
+
   private closeWatcher(): void {
     if (this.watcher) {
       this.watcher.close();
@@ -307,7 +314,7 @@ export class FileTailer {
     } catch (err) {
       const code = errCode(err);
       if (code === 'ENOENT' || code === 'ENOTDIR') {
-        this.gone = true;
+        this.markGone();
       } else if (!this.openWarned) {
         this.openWarned = true;
         this.deps.warn('cannot open log file; will retry', { path: this.path, error: String(err) });
@@ -315,7 +322,7 @@ export class FileTailer {
       return false;
     }
     if (!opened) {
-      this.gone = true;
+      this.markGone();
       return false;
     }
     this.openWarned = false;
@@ -363,7 +370,7 @@ export class FileTailer {
       this.closeWatcher();
       this.deps.retire(reader);
       if (!st) {
-        this.gone = true;
+        this.markGone();
         return;
       }
       this.nextStart = { kind: 'beginning' };
