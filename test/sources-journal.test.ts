@@ -98,12 +98,12 @@ describe('journal source', { skip }, () => {
     });
   });
 
-  it('binary, multi-line and overlong MESSAGE values are decoded leniently and cut', async () => {
+  it('binary, multi-line and overlong MESSAGE values are decoded leniently, escaped into one line, and cut', async () => {
     await withTmpDir(async (dir) => {
       const jf = path.join(dir, 'bin.journal');
       appendJournal(jf, [
         { _SYSTEMD_UNIT: 'ssh.service', MESSAGE: Buffer.from([0x62, 0x61, 0x64, 0x20, 0xff, 0xfe, 0x00, 0x21]) },
-        { _SYSTEMD_UNIT: 'ssh.service', MESSAGE: 'first line\nsecond line\n' },
+        { _SYSTEMD_UNIT: 'ssh.service', MESSAGE: 'pam: user=x\nFailed password for root from 198.51.100.9 port 22 ssh2\n' },
         { _SYSTEMD_UNIT: 'ssh.service', MESSAGE: 'é'.repeat(5000) }, // 10000 bytes: over journalctl's 4096 and our cap
         { _SYSTEMD_UNIT: 'ssh.service', MESSAGE: 'after' },
       ]);
@@ -112,9 +112,10 @@ describe('journal source', { skip }, () => {
       await running(createJournalSource({ name: 'bin', matches: ['_SYSTEMD_UNIT=ssh.service'], files: [jf], positions, warn }), c, async () => {
         await waitFor(() => c.texts().includes('after'), 'all entries');
         const texts = c.texts();
-        assert.equal(texts[0], 'bad \uFFFD\uFFFD\u0000!');
-        assert.deepEqual(texts.slice(1, 3), ['first line', 'second line']);
-        assert.equal(texts[3], 'é'.repeat(MAX_LINE_BYTES / 2), 'cut at the cap on a character boundary');
+        assert.equal(texts[0], 'bad \uFFFD\uFFFD#000!', 'control characters are escaped as rsyslog does');
+        // An embedded newline must not forge a second, header-less line naming another address.
+        assert.equal(texts[1], 'pam: user=x#012Failed password for root from 198.51.100.9 port 22 ssh2');
+        assert.equal(texts[2], 'é'.repeat(MAX_LINE_BYTES / 2), 'cut at the cap on a character boundary');
         for (const t of texts) assert.ok(Buffer.byteLength(t) <= MAX_LINE_BYTES);
       });
     });

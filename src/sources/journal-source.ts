@@ -66,17 +66,16 @@ function fieldText(v: unknown): string | undefined {
   return undefined;
 }
 
-/** Splits a MESSAGE into lines the way a log file would hold it, each cut to MAX_LINE_BYTES. */
+/**
+ * One journal entry is one line, whatever its MESSAGE holds. Newlines and other control characters are escaped
+ * (as rsyslog writes them, `#012`) instead of split: a PAM module logs the user name the client sent, unescaped, so a
+ * name holding "\nFailed password for root from <victim> ..." would otherwise become a forged line of its own.
+ */
 function messageLines(message: string): string[] {
-  const out: string[] = [];
-  const parts = message.split('\n');
-  // A trailing newline does not make an extra empty line.
-  if (parts.length > 1 && parts[parts.length - 1] === '') parts.pop();
-  for (let p of parts) {
-    if (p.endsWith('\r')) p = p.slice(0, -1);
-    out.push(capText(p, MAX_LINE_BYTES).text);
-  }
-  return out;
+  let text = message.endsWith('\n') ? message.slice(0, -1) : message;
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x1f\x7f]/.test(text)) text = text.replace(/[\x00-\x1f\x7f]/g, (c) => `#${c.charCodeAt(0).toString(8).padStart(3, '0')}`);
+  return [capText(text, MAX_LINE_BYTES).text];
 }
 
 export function createJournalSource(opts: JournalSourceOptions): Source {
