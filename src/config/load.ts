@@ -52,7 +52,12 @@ export interface Config {
   sqlitePath: string;
   banTime: number;
   denyType: 'DROP' | 'REJECT';
-  firewall: 'dry-run';
+  firewall: 'nftables' | 'dry-run';
+  banTimeFactor: number;
+  banTimeMax: number;
+  protectSessions: boolean;
+  controlSocket: string;
+  nftables: { nft: string; checkInterval: number; priority: number };
   ignoredIps: string[];
   useDns: boolean;
   reloadIptables: boolean;
@@ -163,6 +168,11 @@ export function parseConfig(json: unknown, file: string, opts: { cwd?: string } 
     banTime: s.ban_time,
     denyType: s.deny_type,
     firewall: s.firewall,
+    banTimeFactor: s.ban_time_factor,
+    banTimeMax: s.ban_time_max,
+    protectSessions: s.protect_sessions,
+    controlSocket: path.resolve(cwd, s.control_socket),
+    nftables: { nft: s.nftables.nft, checkInterval: s.nftables.check_interval, priority: s.nftables.priority },
     ignoredIps: s.ignored_ips,
     useDns: s.use_dns,
     reloadIptables: s.reload_iptables,

@@ -124,9 +124,36 @@ export const settingsSchema = z.strictObject({
     .default('DROP')
     .describe('What the firewall does with a banned address: DROP, or REJECT with a reset/unreachable reply.'),
   firewall: z
-    .enum(['dry-run'], { error: 'expected "dry-run" (nftables, iptables and ipset backends come next)' })
-    .default('dry-run')
-    .describe('The enforcer. "dry-run" only logs what it would ban.'),
+    .enum(['nftables', 'dry-run'], { error: 'expected "nftables" or "dry-run"' })
+    .default('nftables')
+    .describe('The enforcer: "nftables" (table inet tsfilter, sets with per-element timeouts) or "dry-run", which only logs.'),
+  ban_time_factor: z
+    .number()
+    .min(1, { error: 'expected a number >= 1' })
+    .default(1)
+    .describe('Escalation: each new ban of the same address lasts the previous one times this factor (1: no escalation).'),
+  ban_time_max: positiveSeconds('ban_time_max')
+    .default(2_592_000)
+    .describe('Escalation never makes a ban longer than this many seconds.'),
+  protect_sessions: z
+    .boolean()
+    .default(true)
+    .describe('Never ban the addresses of current SSH sessions (established connections to sshd, $SSH_CLIENT of whoever started TSFilter).'),
+  control_socket: z
+    .string()
+    .min(1)
+    .default('/run/tsfilter/tsfilter.sock')
+    .describe('Root-only Unix socket of the running daemon, used by tsfilter ban/unban/list/status.'),
+  nftables: z
+    .strictObject({
+      nft: z.string().default('nft').describe('The nft binary.'),
+      check_interval: positiveSeconds('check_interval')
+        .default(2)
+        .describe('Seconds between checks that the table is intact; a flushed ruleset is restored within this time.'),
+      priority: z.number().int().default(-10).describe('Priority of the input hook (lower runs earlier).'),
+    })
+    .default({ nft: 'nft', check_interval: 2, priority: -10 })
+    .describe('The nftables enforcer (table inet tsfilter).'),
   ignored_ips: z
     .array(ipOrCidr, { error: 'expected a list of IP addresses or CIDR ranges' })
     .default(['127.0.0.1'])

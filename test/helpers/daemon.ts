@@ -7,6 +7,9 @@ import { CLI, REPO } from './cli.ts';
 export function sshConfig(dataDir: string, logFile: string, overrides: Record<string, unknown> = {}, ruleOverrides: Record<string, unknown> = {}): string {
   const cfg = JSON.parse(readFileSync(path.join(REPO, 'config/config.default.json'), 'utf8'));
   cfg.settings.data_dir = dataDir;
+  // These tests are about the pipeline; the nftables tests run their daemons inside network namespaces.
+  cfg.settings.firewall = 'dry-run';
+  cfg.settings.control_socket = path.join(dataDir, 'tsfilter.sock');
   const ssh = cfg.settings.rules.ssh;
   ssh.log_files = logFile;
   delete ssh.journal;
