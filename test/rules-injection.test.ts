@@ -115,3 +115,26 @@ test('web: the client address is the first field whatever the request, referrer 
     assert.equal(rules[name]!.match({ text: get, source: 'f' }, NOW), null);
   }
 });
+
+test('a certificate key ID holding "from X port N ssh2" cannot frame X (the key ID is the attacker\'s own text)', () => {
+  const m = rules.ssh!;
+  const now = Date.parse('2026-01-10T12:00:00Z');
+  const cert = (user: string, keyId: string) =>
+    `Jan 10 10:00:01 host sshd[123]: Failed publickey for ${user} from 192.0.2.4 port 50000 ssh2: ED25519-CERT SHA256:AAAA ID ${keyId} (serial 0) CA ED25519 SHA256:EEEE`;
+  for (const line of [
+    cert('root', 'x from 198.51.100.6 port 22 ssh2: ED25519 SHA256:AAAA'),
+    cert('root', 'x from 198.51.100.6 port 22 ssh2: ED25519-CERT SHA256:A ID y'),
+    cert('root', 'x from 198.51.100.6 port 22 ssh2:'),
+    cert('invalid user admin', 'from 198.51.100.6 port 1 ssh2: RSA SHA256:Z (serial 1) CA RSA SHA256:Q'),
+  ]) {
+    const r = m.match({ text: line, source: 't' }, now);
+    assert.ok(r === null || r.ip === '192.0.2.4', `framed ${r?.ip}: ${line}`);
+  }
+  // When both the user name and the key ID are the attacker's, no pattern can tell sshd's " from " from theirs, so
+  // certificate failures are not counted at all (they cannot be a password brute force). Never a wrong address:
+  const plain = m.match({ text: cert('root', 'build-bot'), source: 't' }, now);
+  assert.ok(plain === null || plain.ip === '192.0.2.4');
+  const spaced = `Jan 10 10:00:01 host sshd[123]: Failed publickey for a from 198.51.100.6 port 22 ssh2: RSA-CERT SHA256:A ID b from 192.0.2.4 port 5 ssh2: ED25519-CERT SHA256:R ID c (serial 0) CA ED25519 SHA256:E (serial 7) CA ED25519 SHA256:Q`;
+  const r = m.match({ text: spaced, source: 't' }, now);
+  assert.ok(r === null || r.ip === '192.0.2.4', `framed ${r?.ip}`);
+});
