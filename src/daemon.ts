@@ -8,7 +8,7 @@ import { DnsCache } from './rules/dns-cache.ts';
 import { createDetector } from './detect/detector.ts';
 import { IgnoreList } from './detect/cidr-trie.ts';
 import { openSqliteStore } from './store/sqlite-store.ts';
-import type { Store } from './store/types.ts';
+import type { CounterState, Store } from './store/types.ts';
 import { BanManager } from './bans/ban-manager.ts';
 import { BanLog } from './bans/ban-log.ts';
 import { DryRunEnforcer } from './firewall/dry-run.ts';
@@ -43,7 +43,10 @@ export interface DaemonHandle {
   stop(): Promise<void>;
 }
 
-/** Starts the daemon: every part is built and checked before any source starts reading. */
+/**
+ * Starts the daemon: every part is built and checked before any source starts reading. If any step fails, what
+ * was started is stopped again and the error is thrown: the daemon never runs half-started.
+ */
 export async function startDaemon(config: Config, logger: Logger): Promise<DaemonHandle> {
   try {
     mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
@@ -58,107 +61,159 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
       store: config.sqlitePath,
     });
   }
-  const store = openSqliteStore(config.sqlitePath, { server: config.serverName });
   const ignore = IgnoreList.parse(config.ignoredIps);
   const rules = config.rules.filter((r) => r.enabled);
   const byName = new Map(rules.map((r) => [r.name, r]));
-  const detector = createDetector({
-    policies: new Map(rules.map((r) => [r.name, r.policy])),
-    ignore,
-    maxTracked: config.maxTrackedIps,
-    forgetAfter: config.forgetAfter,
-  });
-  detector.load(store.loadCounters().filter((c) => byName.has(c.rule)));
-  const enforcers: Enforcer[] = [new DryRunEnforcer(logger)];
-  const bans = new BanManager({
-    store,
-    enforcers,
-    ignore,
-    banTime: (r) => byName.get(r)?.banTime ?? config.banTime,
-    failedAttempts: (r) => byName.get(r)?.policy.failedAttempts ?? 5,
-    server: config.serverName,
-    logger,
-    banLog: config.logging.active ? new BanLog(config.logging.directory) : undefined,
-  });
-  const pipeline = new Pipeline(detector, (d) => bans.decide(d) !== null);
-
-  for (const e of enforcers) await e.start();
-  const restored = await bans.restore();
-  logger.info('started', {
-    config: config.file,
-    store: config.sqlitePath,
-    enforcer: enforcers.map((e) => e.name).join(','),
-    active_bans: restored,
-    tracked: detector.size(),
-  });
-
   const warn = (msg: string, fields?: Record<string, unknown>) => logger.warn(msg, fields);
-  const sources: Source[] = [];
-  const matchers = new Map<string, RuleMatcher>();
   const dns = config.useDns ? new DnsCache() : undefined;
-  for (const rule of rules) {
-    const matcher = compileRule(rule.match, { warn, resolve: dns?.resolve });
-    matchers.set(rule.name, matcher);
-    sources.push(...sourcesFor(rule, store, warn, logger));
-  }
+  const matchers = new Map<string, RuleMatcher>();
+  for (const rule of rules) matchers.set(rule.name, compileRule(rule.match, { warn, resolve: dns?.resolve }));
 
+  const store = openSqliteStore(config.sqlitePath, { server: config.serverName });
+  const sources: Source[] = [];
+  const timers: NodeJS.Timeout[] = [];
+  const enforcers: Enforcer[] = [];
   let stopping = false;
-  const sink = (rule: string) => (lines: SourceLine[], positions: Map<string, Position>) => {
-    if (stopping) return;
-    const matcher = matchers.get(rule)!;
-    const pstore = prefixed(store, `${rule}:`);
-    // One transaction per batch: the bans it decided, the counters it changed and the positions after it commit
-    // together (one fsync). A crash before the commit re-reads the batch at the next start and decides the same
-    // bans again; a crash after it loses nothing. Bans are announced and enforced only once committed.
-    try {
-      store.transaction(() => {
-        pipeline.process(matcher, lines, Date.now());
-        for (const [k, p] of positions) pstore.setPosition(k, p);
-        saveCounters();
-      });
-    } catch (e) {
-      logger.error('could not commit a batch to the store; its lines will be read again at the next start', {
-        rule,
-        lines: lines.length,
-        error: e,
-      });
+  const cleanup = async () => {
+    stopping = true;
+    for (const t of timers) clearInterval(t);
+    for (const s of sources) await s.stop().catch(() => {});
+    for (const e of enforcers) await e.stop().catch(() => {});
+  };
+
+  try {
+    const detector = createDetector({
+      policies: new Map(rules.map((r) => [r.name, r.policy])),
+      ignore,
+      maxTracked: config.maxTrackedIps,
+      forgetAfter: config.forgetAfter,
+    });
+    detector.load(store.loadCounters().filter((c) => byName.has(c.rule)));
+    enforcers.push(new DryRunEnforcer(logger));
+    if (config.firewall !== 'dry-run') {
+      logger.warn(`settings.firewall is "${config.firewall}" but that enforcer is not available in this build: dry-run only`);
     }
-    void bans.flush();
-  };
-  const saveCounters = () => {
-    const { changed, removed } = detector.dirty();
-    if (changed.length || removed.length) store.saveCounters(changed, removed);
-  };
+    const bans = new BanManager({
+      store,
+      enforcers,
+      ignore,
+      banTime: (r) => byName.get(r)?.banTime ?? config.banTime,
+      failedAttempts: (r) => byName.get(r)?.policy.failedAttempts ?? 5,
+      banTimeFactor: config.banTimeFactor,
+      banTimeMax: config.banTimeMax,
+      server: config.serverName,
+      logger,
+      banLog: config.logging.active ? new BanLog(config.logging.directory) : undefined,
+    });
+    const pipeline = new Pipeline(detector, (d) => bans.decide(d) !== null);
 
-  const ruleOfSource = new Map<Source, string>();
-  for (const rule of rules) for (const s of sources) if (s.name.startsWith(`${rule.name}:`)) ruleOfSource.set(s, rule.name);
-  for (const s of sources) await s.start(sink(ruleOfSource.get(s)!));
+    for (const e of enforcers) await e.start();
+    const restored = await bans.restore();
+    logger.info('started', {
+      config: config.file,
+      store: config.sqlitePath,
+      enforcer: enforcers.map((e) => e.name).join(','),
+      active_bans: restored,
+      tracked: detector.size(),
+    });
 
-  const expiryTimer = setInterval(() => void bans.expire(), EXPIRY_INTERVAL_MS);
-  const counterTimer = setInterval(() => store.transaction(saveCounters), COUNTER_FLUSH_INTERVAL_MS);
-  // When the logs are quiet nothing moves the detector's clock: forget idle addresses by the wall clock too.
-  const sweepTimer = setInterval(() => detector.sweep(Date.now()), SWEEP_INTERVAL_MS);
+    // Counter changes stay buffered until the transaction that writes them commits, so a failed commit does not
+    // lose them: they are written again with the next one.
+    const counterBuf = new Map<string, { state: CounterState } | { removed: { rule: string; ip: string } }>();
+    const writeCounters = () => {
+      const { changed, removed } = detector.dirty();
+      for (const c of changed) counterBuf.set(`${c.rule}\0${c.ip}`, { state: c });
+      for (const r of removed) counterBuf.set(`${r.rule}\0${r.ip}`, { removed: r });
+      if (counterBuf.size === 0) return;
+      const ch: CounterState[] = [];
+      const rm: { rule: string; ip: string }[] = [];
+      for (const v of counterBuf.values()) {
+        if ('state' in v) ch.push(v.state);
+        else rm.push(v.removed);
+      }
+      store.saveCounters(ch, rm);
+    };
 
-  return {
-    store,
-    enforcers,
-    pipeline,
-    sources,
-    async stop() {
-      if (stopping) return;
-      stopping = true;
-      clearInterval(expiryTimer);
-      clearInterval(counterTimer);
-      clearInterval(sweepTimer);
-      for (const s of sources) await s.stop();
-      await bans.flush();
-      store.transaction(saveCounters);
-      // Kernel bans stay in place on shutdown: an attacker gains nothing by getting the daemon restarted.
-      for (const e of enforcers) await e.stop();
-      store.close();
-      logger.info('stopped');
-    },
-  };
+    /**
+     * One transaction per batch: the bans its lines earned, the counters they changed and the position after them
+     * commit together (one fsync). If the commit fails, the bans are enforced anyway and written again with the
+     * next transaction, and no later position is saved without them, so a restart re-reads rather than loses.
+     */
+    const commit = (work: () => void, what: Record<string, unknown>) => {
+      try {
+        store.transaction(() => {
+          bans.writePending();
+          work();
+          writeCounters();
+        });
+        counterBuf.clear();
+        bans.committed();
+      } catch (e) {
+        bans.rolledBack();
+        logger.error('could not commit to the store; will retry with the next batch', { ...what, error: e });
+      }
+      bans.flush().catch((e) => logger.error('enforcing bans failed', { error: e }));
+    };
+
+    const sink = (rule: string) => {
+      const matcher = matchers.get(rule)!;
+      const pstore = prefixed(store, `${rule}:`);
+      return (lines: SourceLine[], positions: Map<string, Position>) => {
+        if (stopping) return;
+        pipeline.process(matcher, lines, Date.now());
+        commit(() => {
+          for (const [k, p] of positions) pstore.setPosition(k, p);
+        }, { rule, lines: lines.length });
+      };
+    };
+
+    for (const rule of rules) {
+      for (const s of sourcesFor(rule, store, warn, logger)) {
+        sources.push(s);
+        await s.start(sink(rule.name));
+      }
+    }
+
+    const every = (ms: number, what: string, fn: () => unknown) => {
+      timers.push(
+        setInterval(() => {
+          try {
+            const r = fn();
+            if (r instanceof Promise) r.catch((e) => logger.error(`${what} failed`, { error: e }));
+          } catch (e) {
+            logger.error(`${what} failed`, { error: e });
+          }
+        }, ms),
+      );
+    };
+    every(EXPIRY_INTERVAL_MS, 'expiring bans', () => bans.expire());
+    every(COUNTER_FLUSH_INTERVAL_MS, 'saving counters', () => commit(() => {}, { task: 'counters' }));
+    // When the logs are quiet nothing moves the detector's clock: forget idle addresses by the wall clock too.
+    every(SWEEP_INTERVAL_MS, 'forgetting idle addresses', () => detector.sweep(Date.now()));
+
+    return {
+      store,
+      enforcers,
+      pipeline,
+      sources,
+      async stop() {
+        if (stopping) return;
+        stopping = true;
+        for (const t of timers) clearInterval(t);
+        for (const s of sources) await s.stop();
+        commit(() => {}, { task: 'final save' });
+        await bans.flush();
+        // Kernel bans stay in place on shutdown: an attacker gains nothing by getting the daemon restarted.
+        for (const e of enforcers) await e.stop();
+        store.close();
+        logger.info('stopped');
+      },
+    };
+  } catch (e) {
+    await cleanup();
+    store.close();
+    throw e;
+  }
 }
 
 function sourcesFor(rule: RuleSettings, store: Store, warn: (m: string, f?: Record<string, unknown>) => void, logger: Logger): Source[] {

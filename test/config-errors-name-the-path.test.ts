@@ -90,3 +90,28 @@ test('`tsfilter config check` exits 2 on a bad file, naming the path, and 0 on a
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('config check accepts exactly the ignored_ips that the daemon accepts', () => {
+  const c = pyfilter();
+  c.settings.ignored_ips = ['127.0.0.1', '10.1', '0x7f.1', 'fe80::1%eth0', '2001:db8::/48'];
+  assert.deepEqual(
+    problems(c).map((p) => p.path),
+    ['settings.ignored_ips[1]', 'settings.ignored_ips[2]', 'settings.ignored_ips[3]'],
+  );
+});
+
+test('a ban_time too large for a timestamp is refused at load time, not at the first ban', () => {
+  const c = pyfilter();
+  c.settings.ban_time = 1e13;
+  const p = problems(c);
+  assert.equal(p[0]?.path, 'settings.ban_time');
+  assert.match(p[0]!.message, /at most/);
+});
+
+test('a bad rule name says what rule names may contain', () => {
+  const c = pyfilter();
+  c.settings.rules['my rule'] = { log_files: '', regex_patterns: [] };
+  const p = problems(c);
+  assert.equal(p[0]?.path, 'settings.rules.my rule');
+  assert.match(p[0]!.message, /letters, digits/);
+});

@@ -71,9 +71,10 @@ export function replay(
     for (const f of files) {
       for (const batch of readLines(f)) {
         lines += batch.length;
-        store.transaction(() => {
-          for (const m of matchers) pipeline.process(m, batch, now);
-        });
+        for (const m of matchers) pipeline.process(m, batch, now);
+        store.transaction(() => bansMgr.writePending());
+        bansMgr.committed();
+        void bansMgr.flush();
       }
     }
   } finally {

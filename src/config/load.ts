@@ -83,6 +83,11 @@ function describeIssue(iss: z.core.$ZodIssue, input: unknown): ConfigProblem[] {
   if (iss.code === 'unrecognized_keys') {
     return iss.keys.map((k) => ({ path: at ? `${at}.${k}` : k, message: 'unknown option' }));
   }
+  if (iss.code === 'invalid_key') {
+    const keys = valueAt(input, iss.path);
+    const bad = keys && typeof keys === 'object' ? Object.keys(keys).filter((k) => !/^[A-Za-z0-9_.-]+$/.test(k)) : [];
+    return [{ path: at, message: `invalid rule name${bad.length ? ` ${JSON.stringify(bad[0])}` : ''}: rule names use letters, digits, _ . -` }];
+  }
   if (iss.code === 'invalid_union' && iss.errors.length > 0 && iss.message.startsWith('Invalid input')) {
     return [{ path: at, message: 'expected one of the documented forms' }];
   }

@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import ipaddr from 'ipaddr.js';
+import { IgnoreList } from '../detect/cidr-trie.ts';
+import { MAX_BAN_SECONDS } from '../bans/duration.ts';
 
 /*
  * The single source of truth for TSFilter's options: their types, defaults and documentation.
@@ -9,22 +10,24 @@ import ipaddr from 'ipaddr.js';
  */
 
 const seconds = (what: string) =>
-  z.number({ error: `expected a number of seconds (${what})` }).finite({ error: 'expected a finite number' });
+  z
+    .number({ error: `expected a number of seconds (${what})` })
+    .finite({ error: 'expected a finite number' })
+    .max(MAX_BAN_SECONDS, { error: `expected at most ${MAX_BAN_SECONDS} seconds (100 years)` });
 
 const positiveSeconds = (what: string) => seconds(what).positive({ error: `expected a number of seconds > 0 (${what})` });
 
-const ipOrCidr = z.string({ error: 'expected an IP address or CIDR range as a string' }).refine(
-  (s) => {
-    if (ipaddr.isValid(s)) return true;
-    try {
-      ipaddr.parseCIDR(s);
-      return true;
-    } catch {
-      return false;
-    }
-  },
-  { error: (iss) => `expected an IP address or CIDR range (e.g. 192.0.2.0/24, 2001:db8::/32), got ${JSON.stringify(iss.input)}` },
-);
+/** Validated by the same parser the daemon uses, so `config check` accepts exactly what `run` accepts. */
+const ipOrCidr = z.string({ error: 'expected an IP address or CIDR range as a string' }).superRefine((s, ctx) => {
+  try {
+    IgnoreList.parse([s]);
+  } catch (e) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `expected an IP address or CIDR range (e.g. 192.0.2.0/24, 2001:db8::/32): ${(e as Error).message.replace(/^ignored_ips\[0\] /, '')}`,
+    });
+  }
+});
 
 const patternItem = z.union(
   [

@@ -538,6 +538,10 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
       );
     },
 
+    banCount(ip) {
+      return guard('banCount', () => s.countByIp.get(ip)!.n);
+    },
+
     history(ip) {
       return guard('history', () => s.history.all(ip).map(toStored));
     },

@@ -44,6 +44,8 @@ export interface Store extends PositionStore {
   removeBan(ip: string, now: number, reason: string): boolean;
   /** Bans whose expiry is at or before `now` and that are not yet marked expired; marks them. */
   expireBans(now: number): BanRecord[];
+  /** How many bans were ever recorded for an address (the next ban's escalation step). */
+  banCount(ip: string): number;
   /** All bans ever recorded for an address, oldest first. */
   history(ip: string): BanRecord[];
   saveCounters(states: CounterState[], removed: { rule: string; ip: string }[]): void;
