@@ -6,22 +6,30 @@ import { compileRule } from './rules/compile.ts';
 import type { RuleMatcher } from './rules/types.ts';
 import { DnsCache } from './rules/dns-cache.ts';
 import { createDetector } from './detect/detector.ts';
+import type { TrackingDetector } from './detect/types.ts';
 import { IgnoreList } from './detect/cidr-trie.ts';
+import { ProtectedAddresses } from './detect/protected-addresses.ts';
 import { openSqliteStore } from './store/sqlite-store.ts';
 import type { CounterState, Store } from './store/types.ts';
 import { BanManager } from './bans/ban-manager.ts';
 import { BanLog } from './bans/ban-log.ts';
+import { NeverBan } from './bans/never-ban.ts';
 import { DryRunEnforcer } from './firewall/dry-run.ts';
+import { NftablesEnforcer } from './firewall/nftables.ts';
 import type { Enforcer } from './firewall/types.ts';
 import { Pipeline } from './pipeline.ts';
 import { createFileSource } from './sources/file-source.ts';
 import { createJournalSource } from './sources/journal-source.ts';
 import type { Position, PositionStore, Source, SourceLine } from './sources/types.ts';
+import { claimSocketPath, startControlServer, type ControlServer, type Handler } from './api/control-server.ts';
+import { toListed } from './api/protocol.ts';
 import type { Logger } from './util/logger.ts';
 
 const EXPIRY_INTERVAL_MS = 1000;
 const COUNTER_FLUSH_INTERVAL_MS = 2000;
 const SWEEP_INTERVAL_MS = 60_000;
+/** How often due firewall retries are looked at (the backoff itself is 1 s doubling to 60 s). */
+const RETRY_TICK_MS = 250;
 
 /** Positions of different rules live under different keys, so two rules may follow the same file. */
 function prefixed(store: PositionStore, prefix: string): PositionStore {
@@ -38,29 +46,38 @@ function anyFileExists(patterns: string[]): boolean {
 export interface DaemonHandle {
   store: Store;
   enforcers: Enforcer[];
-  pipeline: Pipeline;
-  sources: Source[];
+  readonly pipeline: Pipeline;
+  readonly sources: Source[];
+  bans: BanManager;
+  /** SIGHUP: applies a validated config without losing counters or bans; throws (changing nothing) if unusable. */
+  reload(next: Config): Promise<void>;
+  /** What `tsfilter status` shows. */
+  status(): Record<string, unknown>;
   stop(): Promise<void>;
 }
 
-/**
- * Starts the daemon: every part is built and checked before any source starts reading. If any step fails, what
- * was started is stopped again and the error is thrown: the daemon never runs half-started.
- */
-export async function startDaemon(config: Config, logger: Logger): Promise<DaemonHandle> {
-  try {
-    mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  } catch (e) {
-    throw new Error(
-      `cannot create the data directory ${config.dataDir} (settings.data_dir in ${config.file}): ${(e as Error).message}; ` +
-        'run as root or point data_dir at a writable directory',
-    );
-  }
-  if (config.database === 'redis') {
-    logger.warn('settings.database is "redis" but fleet sync over Redis is not available yet: using the local SQLite store only', {
-      store: config.sqlitePath,
-    });
-  }
+/** The enforcer settings.firewall names. */
+export function createEnforcer(config: Config, logger: Logger): Enforcer {
+  if (config.firewall === 'dry-run') return new DryRunEnforcer(logger);
+  return new NftablesEnforcer({
+    nft: config.nftables.nft,
+    denyType: config.denyType,
+    priority: config.nftables.priority,
+    checkIntervalMs: config.nftables.checkInterval * 1000,
+    logger,
+  });
+}
+
+/** What one config makes of rules: checked completely before anything is swapped in (start and SIGHUP). */
+interface Built {
+  config: Config;
+  rules: RuleSettings[];
+  byName: Map<string, RuleSettings>;
+  matchers: Map<string, RuleMatcher>;
+  ignore: IgnoreList;
+}
+
+function build(config: Config, logger: Logger): Built {
   const ignore = IgnoreList.parse(config.ignoredIps);
   const rules = config.rules.filter((r) => r.enabled);
   const byName = new Map(rules.map((r) => [r.name, r]));
@@ -68,52 +85,107 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   const dns = config.useDns ? new DnsCache() : undefined;
   const matchers = new Map<string, RuleMatcher>();
   for (const rule of rules) matchers.set(rule.name, compileRule(rule.match, { warn, resolve: dns?.resolve }));
+  return { config, rules, byName, matchers, ignore };
+}
 
-  const store = openSqliteStore(config.sqlitePath, { server: config.serverName });
+function newDetector(b: Built): TrackingDetector {
+  return createDetector({
+    policies: new Map(b.rules.map((r) => [r.name, r.policy])),
+    ignore: b.ignore,
+    maxTracked: b.config.maxTrackedIps,
+    forgetAfter: b.config.forgetAfter,
+  });
+}
+
+/** Settings only a restart applies. */
+const RESTART_ONLY: [string, (c: Config) => unknown][] = [
+  ['settings.data_dir / sqlite.database', (c) => c.sqlitePath],
+  ['settings.firewall', (c) => c.firewall],
+  ['settings.nftables', (c) => JSON.stringify(c.nftables)],
+  ['settings.deny_type', (c) => c.denyType],
+  ['settings.control_socket', (c) => c.controlSocket],
+  ['settings.database', (c) => c.database],
+  ['logging', (c) => JSON.stringify(c.logging)],
+];
+
+/**
+ * Starts the daemon: every part is built and checked before any source starts reading. If any step fails, what
+ * was started is stopped again and the error is thrown: the daemon never runs half-started.
+ */
+export async function startDaemon(initial: Config, logger: Logger): Promise<DaemonHandle> {
+  try {
+    mkdirSync(initial.dataDir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new Error(
+      `cannot create the data directory ${initial.dataDir} (settings.data_dir in ${initial.file}): ${(e as Error).message}; ` +
+        'run as root or point data_dir at a writable directory',
+    );
+  }
+  // Another daemon answering on our socket: refuse before touching the store or the firewall.
+  await claimSocketPath(initial.controlSocket);
+  if (initial.database === 'redis') {
+    logger.warn('settings.database is "redis" but fleet sync over Redis is not available yet: using the local SQLite store only', {
+      store: initial.sqlitePath,
+    });
+  }
+  let cur = build(initial, logger);
+  const startedAt = Date.now();
+
+  const store = openSqliteStore(initial.sqlitePath, { server: initial.serverName });
   const sources: Source[] = [];
   const timers: NodeJS.Timeout[] = [];
   const enforcers: Enforcer[] = [];
+  let control: ControlServer | null = null;
+  const guard = NeverBan.create(initial.ignoredIps, initial.protectSessions, logger);
   let stopping = false;
   const cleanup = async () => {
     stopping = true;
     for (const t of timers) clearInterval(t);
     for (const s of sources) await s.stop().catch(() => {});
     for (const e of enforcers) await e.stop().catch(() => {});
+    await control?.close().catch(() => {});
+    guard.stop();
   };
 
   try {
-    const detector = createDetector({
-      policies: new Map(rules.map((r) => [r.name, r.policy])),
-      ignore,
-      maxTracked: config.maxTrackedIps,
-      forgetAfter: config.forgetAfter,
-    });
-    detector.load(store.loadCounters().filter((c) => byName.has(c.rule)));
-    enforcers.push(new DryRunEnforcer(logger));
-    if (config.firewall !== 'dry-run') {
-      logger.warn(`settings.firewall is "${config.firewall}" but that enforcer is not available in this build: dry-run only`);
-    }
+    let detector = newDetector(cur);
+    detector.load(store.loadCounters().filter((c) => cur.byName.has(c.rule)));
+    guard.start();
+    const enforcer = createEnforcer(initial, logger);
+    enforcers.push(enforcer);
     const bans = new BanManager({
       store,
       enforcers,
-      ignore,
-      banTime: (r) => byName.get(r)?.banTime ?? config.banTime,
-      failedAttempts: (r) => byName.get(r)?.policy.failedAttempts ?? 5,
-      banTimeFactor: config.banTimeFactor,
-      banTimeMax: config.banTimeMax,
-      server: config.serverName,
+      ignore: guard,
+      forget: (ip) => detector.forget(ip),
+      banTime: (r) => cur.byName.get(r)?.banTime ?? cur.config.banTime,
+      failedAttempts: (r) => cur.byName.get(r)?.policy.failedAttempts ?? 5,
+      banTimeFactor: initial.banTimeFactor,
+      banTimeMax: initial.banTimeMax,
+      server: initial.serverName,
       logger,
-      banLog: config.logging.active ? new BanLog(config.logging.directory) : undefined,
+      banLog: initial.logging.active ? new BanLog(initial.logging.directory) : undefined,
     });
-    const pipeline = new Pipeline(detector, (d) => bans.decide(d) !== null);
+    let pipeline = new Pipeline(detector, (d) => bans.decide(d) !== null);
 
+    // The table was flushed or nftables reloaded behind our back: the enforcer recreated it; put every ban back.
+    enforcer.onLost?.(() => {
+      if (stopping) return;
+      logger.warn('firewall state lost (ruleset flushed?); re-applying every active ban', { enforcer: enforcer.name });
+      bans.reapply(enforcer).then(
+        (n) => logger.info('bans re-applied', { enforcer: enforcer.name, count: n }),
+        (e) => logger.error('re-applying bans failed', { enforcer: enforcer.name, error: e }),
+      );
+    });
     for (const e of enforcers) await e.start();
-    const restored = await bans.restore();
+    const rec = await bans.reconcile();
     logger.info('started', {
-      config: config.file,
-      store: config.sqlitePath,
+      config: initial.file,
+      store: initial.sqlitePath,
       enforcer: enforcers.map((e) => e.name).join(','),
-      active_bans: restored,
+      active_bans: rec.restored,
+      removed_elements: rec.removed,
+      foreign_elements: rec.foreign,
       tracked: detector.size(),
     });
 
@@ -139,7 +211,8 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
      * commit together (one fsync). If the commit fails, the bans are enforced anyway and written again with the
      * next transaction, and no later position is saved without them, so a restart re-reads rather than loses.
      */
-    const commit = (work: () => void, what: Record<string, unknown>) => {
+    const commit = (work: () => void, what: Record<string, unknown>): boolean => {
+      let ok = true;
       try {
         store.transaction(() => {
           bans.writePending();
@@ -149,17 +222,20 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
         counterBuf.clear();
         bans.committed();
       } catch (e) {
+        ok = false;
         bans.rolledBack();
         logger.error('could not commit to the store; will retry with the next batch', { ...what, error: e });
       }
       bans.flush().catch((e) => logger.error('enforcing bans failed', { error: e }));
+      return ok;
     };
 
     const sink = (rule: string) => {
-      const matcher = matchers.get(rule)!;
       const pstore = prefixed(store, `${rule}:`);
       return (lines: SourceLine[], positions: Map<string, Position>) => {
         if (stopping) return;
+        const matcher = cur.matchers.get(rule);
+        if (matcher === undefined) return; // a source of a rule removed by a reload, delivering its last lines
         pipeline.process(matcher, lines, Date.now());
         commit(() => {
           for (const [k, p] of positions) pstore.setPosition(k, p);
@@ -167,12 +243,16 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
       };
     };
 
-    for (const rule of rules) {
-      for (const s of sourcesFor(rule, store, warn, logger)) {
-        sources.push(s);
-        await s.start(sink(rule.name));
+    const startSources = async (rules: RuleSettings[]) => {
+      const warn = (msg: string, fields?: Record<string, unknown>) => logger.warn(msg, fields);
+      for (const rule of rules) {
+        for (const s of sourcesFor(rule, store, warn, logger)) {
+          sources.push(s);
+          await s.start(sink(rule.name));
+        }
       }
-    }
+    };
+    await startSources(cur.rules);
 
     const every = (ms: number, what: string, fn: () => unknown) => {
       timers.push(
@@ -190,21 +270,137 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     every(COUNTER_FLUSH_INTERVAL_MS, 'saving counters', () => commit(() => {}, { task: 'counters' }));
     // When the logs are quiet nothing moves the detector's clock: forget idle addresses by the wall clock too.
     every(SWEEP_INTERVAL_MS, 'forgetting idle addresses', () => detector.sweep(Date.now()));
+    every(RETRY_TICK_MS, 'retrying firewall changes', () => bans.retry());
+
+    let reloads = 0;
+    let lastReload: string | null = null;
+    let reloading: Promise<void> = Promise.resolve();
+
+    const status = (): Record<string, unknown> => {
+      const now = Date.now();
+      const ds = detector.stats();
+      return {
+        pid: process.pid,
+        started: new Date(startedAt).toISOString(),
+        uptime_s: Math.floor((now - startedAt) / 1000),
+        config: cur.config.file,
+        store: cur.config.sqlitePath,
+        reloads,
+        last_reload: lastReload,
+        sources: sources.map((s) => s.status()),
+        rules: cur.rules.map((r) => ({ name: r.name, ...pipeline.statsFor(r.name) })),
+        tracked_ips: ds.size,
+        evictions: ds.evictions,
+        active_bans: store.activeBans(now).length,
+        bans_decided: bans.bansDecided,
+        enforcers: enforcers.map((e) => ({ name: e.name, ...(e.health?.() ?? { ok: true }) })),
+        enforcement: bans.enforcementStatus(),
+        protection: guard.status(),
+      };
+    };
+
+    const reload = (next: Config): Promise<void> => {
+      const run = async () => {
+        if (stopping) throw new Error('the daemon is stopping');
+        // Everything that can fail is built first; nothing is swapped in until it has all succeeded.
+        const b = build(next, logger);
+        const nextDetector = newDetector(b);
+        const protector =
+          next.protectSessions !== cur.config.protectSessions ? new ProtectedAddresses({ protectSessions: next.protectSessions }) : undefined;
+        for (const [name, get] of RESTART_ONLY) {
+          if (get(next) !== get(cur.config)) logger.warn(`${name} changed: it takes effect at the next restart, not on SIGHUP`, { config: next.file });
+        }
+        // Old sources stop (their last lines go through the old rules and are committed), then every counter is
+        // written, so the new detector starts from exactly the old one's state for the rules that remain.
+        const old = sources.splice(0);
+        for (const s of old) await s.stop().catch((e) => logger.error('stopping a source failed', { source: s.name, error: e }));
+        commit(() => {}, { task: 'reload' });
+        nextDetector.load(store.loadCounters().filter((c) => b.byName.has(c.rule)));
+        const nextPipeline = new Pipeline(nextDetector, (d) => bans.decide(d) !== null);
+        for (const r of b.rules) {
+          const st = pipeline.stats.get(r.name);
+          if (st) nextPipeline.stats.set(r.name, st);
+        }
+        guard.reconfigure(next.ignoredIps, protector);
+        detector = nextDetector;
+        pipeline = nextPipeline;
+        cur = b;
+        bans.reconfigure({
+          banTime: (r) => cur.byName.get(r)?.banTime ?? cur.config.banTime,
+          failedAttempts: (r) => cur.byName.get(r)?.policy.failedAttempts ?? 5,
+          banTimeFactor: next.banTimeFactor,
+          banTimeMax: next.banTimeMax,
+        });
+        // Addresses now ignored or protected are lifted from the firewall, as a restart would (their bans stay in
+        // the store and come back if the entry is removed again).
+        const lift = store
+          .activeBans(Date.now())
+          .map((r) => r.ip)
+          .filter((ip) => guard.has(ip));
+        if (lift.length > 0) {
+          logger.info('lifting bans of addresses that are now ignored or protected', { count: lift.length });
+          for (const e of enforcers) await e.unban(lift).catch((err) => logger.error('lifting bans failed', { enforcer: e.name, error: err }));
+        }
+        try {
+          await startSources(cur.rules);
+        } catch (e) {
+          logger.error('starting a source after reload failed', { error: e });
+        }
+        reloads++;
+        lastReload = new Date().toISOString();
+        logger.info('reloaded', { config: next.file, rules: cur.rules.map((r) => r.name).join(','), tracked: detector.size() });
+      };
+      const p = reloading.then(run);
+      reloading = p.catch(() => {});
+      return p;
+    };
+
+    const handle: Handler = async (req) => {
+      switch (req.cmd) {
+        case 'ban': {
+          const r = await bans.manualBan(req.ip, req.duration, req.reason);
+          return { ban: toListed(r.record), replaced: r.replaced, enforced: r.enforced };
+        }
+        case 'unban': {
+          if ('all' in req) {
+            const r = await bans.unbanAll();
+            return { unbanned: r.ips, enforced: r.enforced };
+          }
+          const r = await bans.unban(req.ip);
+          return { ip: r.ip, removed: r.removed, enforced: r.enforced };
+        }
+        case 'list':
+          return { bans: store.activeBans(Date.now()).map(toListed) };
+        case 'status':
+          return { status: status() };
+      }
+    };
+    control = await startControlServer(initial.controlSocket, handle, logger);
 
     return {
       store,
       enforcers,
-      pipeline,
-      sources,
+      bans,
+      get pipeline() {
+        return pipeline;
+      },
+      get sources() {
+        return sources;
+      },
+      reload,
+      status,
       async stop() {
         if (stopping) return;
+        await reloading;
         stopping = true;
         for (const t of timers) clearInterval(t);
+        await control?.close();
         for (const s of sources) await s.stop();
         commit(() => {}, { task: 'final save' });
         await bans.flush();
         // Kernel bans stay in place on shutdown: an attacker gains nothing by getting the daemon restarted.
         for (const e of enforcers) await e.stop();
+        guard.stop();
         store.close();
         logger.info('stopped');
       },

@@ -12,7 +12,7 @@ import { ADDR, HOW_TO_ENABLE, Lab, missingPrerequisites, type Family, type SshdL
 import { requirePrereq } from './helpers/prereq.ts';
 
 const missing = missingPrerequisites({ nft: false });
-const ready = (t: TestContext) => requirePrereq(t, missing.length === 0, `the end-to-end lab's prerequisites (${missing.join('; ')})`, HOW_TO_ENABLE);
+const ready = (t: TestContext) => requirePrereq(t, missing.length === 0, `for the end-to-end lab: ${missing.join('; ')}`, HOW_TO_ENABLE);
 
 const RFC3339 = String.raw`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d \S+ sshd\[\d+\]: `;
 const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

@@ -99,3 +99,10 @@ test('a string that fits neither the format nor ISO is null; a bad format throws
   assert.throws(() => compileTimeFormat('%Y-%Q'), TimeFormatError);
   assert.throws(() => compileTimeFormat('%Y %'), TimeFormatError);
 });
+
+test('a yearless Feb 29 read in a non-leap year lands in the last leap year', () => {
+  const p = compileTimeFormat('%b %d %H:%M:%S');
+  const now = Date.parse('2026-03-01T12:00:00Z');
+  assert.equal(p.parse('Feb 29 10:00:00', now), Date.parse('2024-02-29T10:00:00Z'));
+  assert.equal(p.parse('Feb 28 10:00:00', now), Date.parse('2026-02-28T10:00:00Z'));
+});

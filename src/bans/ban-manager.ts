@@ -9,8 +9,13 @@ import { banDuration } from './duration.ts';
 export interface BanManagerOptions {
   store: Store;
   enforcers: Enforcer[];
-  /** Addresses that must never be banned, checked again here so no path around the detector can ban them. */
-  ignore: { has(ip: string): boolean };
+  /**
+   * Addresses that must never be banned, checked again here so no path around the detector can ban them.
+   * why() (optional) says why, for the message a refused manual ban gets.
+   */
+  ignore: { has(ip: string): boolean; why?(ip: string): string | null };
+  /** Called after an address is banned or unbanned by hand (the daemon: detector.forget). */
+  forget?: (ip: string) => void;
   /** Seconds for a rule's bans; <= 0 is permanent. */
   banTime(rule: string): number;
   failedAttempts(rule: string): number;
@@ -26,6 +31,28 @@ export interface BanManagerOptions {
 }
 
 type BanInput = Omit<BanRecord, 'banCount'>;
+
+/** A request the caller may not make (ignored or protected address, not an IP): exit code 2 in the CLI. */
+export class BanRefused extends Error {
+  readonly kind = 'usage' as const;
+}
+
+export interface ManualBanResult {
+  record: BanRecord;
+  /** An active ban of the address was replaced by this one. */
+  replaced: boolean;
+  /** Every enforcer applied it; false: stored, and enforcement is being retried. */
+  enforced: boolean;
+}
+
+/** The first retry of a failed firewall change comes after this; each failure doubles it up to RETRY_MAX_MS. */
+export const RETRY_MIN_MS = 1000;
+export const RETRY_MAX_MS = 60_000;
+
+interface RetryQueue {
+  bans: Map<string, Enforcement>;
+  unbans: Set<string>;
+}
 interface Decided {
   input: BanInput;
   record: BanRecord;
@@ -49,14 +76,38 @@ export class BanManager {
   private toAnnounce: Decided[] = [];
   private readonly now: () => number;
   bansDecided = 0;
+  /** Firewall changes that failed, per enforcer, retried with backoff by retry(). */
+  private readonly failed = new Map<Enforcer, RetryQueue>();
+  private retryDelayMs = RETRY_MIN_MS;
+  private nextRetryAt = 0;
+  private lastError: { enforcer: string; error: string; at: number } | null = null;
+  private retrying = false;
+  private readonly refusedLogged = new Set<string>();
 
   constructor(private readonly o: BanManagerOptions) {
     this.now = o.now ?? Date.now;
   }
 
+  /** SIGHUP: new durations and escalation settings (the functions may close over the new config). */
+  reconfigure(p: Pick<BanManagerOptions, 'banTime' | 'failedAttempts' | 'banTimeFactor' | 'banTimeMax'>): void {
+    this.o.banTime = p.banTime;
+    this.o.failedAttempts = p.failedAttempts;
+    this.o.banTimeFactor = p.banTimeFactor;
+    this.o.banTimeMax = p.banTimeMax;
+  }
+
   /** Decides a ban; returns it (not yet stored), or null when the address is ignored or already banned. */
   decide(d: BanDecision): BanRecord | null {
-    if (this.o.ignore.has(d.ip) || this.pendingIps.has(d.ip)) return null;
+    if (this.pendingIps.has(d.ip)) return null;
+    if (this.o.ignore.has(d.ip)) {
+      // Only protected addresses get here (the detector does not count ignored ones): say so once per address.
+      if (!this.refusedLogged.has(d.ip)) {
+        if (this.refusedLogged.size >= 10_000) this.refusedLogged.clear();
+        this.refusedLogged.add(d.ip);
+        this.o.logger.warn('not banning a protected address', { ip: d.ip, rule: d.rule, why: this.o.ignore.why?.(d.ip) ?? 'ignored' });
+      }
+      return null;
+    }
     const now = this.o.useEventTime ? d.time : this.now();
     if (this.o.store.activeBan(d.ip, now)) return null;
     const previous = this.o.store.banCount(d.ip);
@@ -143,28 +194,238 @@ export class BanManager {
       }
     }
     if (batch.length === 0) return;
+    await this.applyBans(batch);
+  }
+
+  /** Applies bans to every enforcer; what fails is queued for retry with backoff. Returns whether all applied. */
+  private async applyBans(batch: Enforcement[]): Promise<boolean> {
+    let ok = true;
     for (const e of this.o.enforcers) {
+      const q = this.failed.get(e);
+      if (q) for (const b of batch) q.unbans.delete(b.ip);
       try {
         await e.ban(batch);
       } catch (err) {
-        // The bans are in the store; the next start (or the next issue's retry loop) re-applies them.
-        this.o.logger.error('enforcer failed to apply bans', { enforcer: e.name, count: batch.length, error: err });
+        ok = false;
+        this.enqueue(e, err, batch, []);
       }
     }
+    return ok;
+  }
+
+  private async applyUnbans(ips: string[]): Promise<boolean> {
+    let ok = true;
+    for (const e of this.o.enforcers) {
+      const q = this.failed.get(e);
+      if (q) for (const ip of ips) q.bans.delete(ip);
+      try {
+        await e.unban(ips);
+      } catch (err) {
+        ok = false;
+        this.enqueue(e, err, [], ips);
+      }
+    }
+    return ok;
+  }
+
+  private enqueue(e: Enforcer, err: unknown, bans: Enforcement[], unbans: string[]): void {
+    let q = this.failed.get(e);
+    if (!q) {
+      q = { bans: new Map(), unbans: new Set() };
+      this.failed.set(e, q);
+    }
+    for (const b of bans) {
+      q.unbans.delete(b.ip);
+      q.bans.set(b.ip, b);
+    }
+    for (const ip of unbans) {
+      q.bans.delete(ip);
+      q.unbans.add(ip);
+    }
+    const message = err instanceof Error ? err.message : String(err);
+    this.lastError = { enforcer: e.name, error: message, at: this.now() };
+    if (this.nextRetryAt === 0) this.nextRetryAt = this.now() + this.retryDelayMs;
+    this.o.logger.error('firewall change failed; will retry', {
+      enforcer: e.name,
+      bans: bans.length,
+      unbans: unbans.length,
+      pending: q.bans.size + q.unbans.size,
+      retry_in_s: Math.max(0, Math.round((this.nextRetryAt - this.now()) / 1000)),
+      error: message,
+    });
+  }
+
+  /**
+   * Retries the firewall changes that failed, once their backoff (1 s, doubling up to 60 s) is due. Bans that
+   * ended meanwhile are not re-applied. The daemon calls this from a timer.
+   */
+  async retry(): Promise<void> {
+    if (this.retrying || this.failed.size === 0 || this.now() < this.nextRetryAt) return;
+    this.retrying = true;
+    try {
+      let allOk = true;
+      const now = this.now();
+      for (const [e, q] of [...this.failed]) {
+        const bans = [...q.bans.values()].filter((b) => (b.expiresAt === null || b.expiresAt > now) && this.o.store.activeBan(b.ip, now) !== undefined);
+        const unbans = [...q.unbans];
+        q.bans.clear();
+        q.unbans.clear();
+        try {
+          if (bans.length > 0) await e.ban(bans);
+        } catch (err) {
+          allOk = false;
+          for (const b of bans) if (!q.unbans.has(b.ip)) q.bans.set(b.ip, b);
+          this.lastError = { enforcer: e.name, error: err instanceof Error ? err.message : String(err), at: now };
+        }
+        try {
+          if (unbans.length > 0) await e.unban(unbans);
+        } catch (err) {
+          allOk = false;
+          for (const ip of unbans) if (!q.bans.has(ip)) q.unbans.add(ip);
+          this.lastError = { enforcer: e.name, error: err instanceof Error ? err.message : String(err), at: now };
+        }
+        if (q.bans.size === 0 && q.unbans.size === 0) {
+          this.failed.delete(e);
+          if (bans.length + unbans.length > 0) this.o.logger.info('firewall changes applied after retry', { enforcer: e.name, bans: bans.length, unbans: unbans.length });
+        }
+      }
+      if (allOk && this.failed.size === 0) {
+        this.retryDelayMs = RETRY_MIN_MS;
+        this.nextRetryAt = 0;
+      } else {
+        this.retryDelayMs = Math.min(this.retryDelayMs * 2, RETRY_MAX_MS);
+        this.nextRetryAt = this.now() + this.retryDelayMs;
+        this.o.logger.error('firewall changes still failing; will retry', {
+          pending: this.pendingEnforcement(),
+          retry_in_s: this.retryDelayMs / 1000,
+          error: this.lastError?.error,
+        });
+      }
+    } finally {
+      this.retrying = false;
+    }
+  }
+
+  /** Firewall changes waiting for a retry. */
+  pendingEnforcement(): number {
+    let n = 0;
+    for (const q of this.failed.values()) n += q.bans.size + q.unbans.size;
+    return n;
+  }
+
+  /** For `tsfilter status`. */
+  enforcementStatus(): Record<string, unknown> {
+    const pending = this.pendingEnforcement();
+    return {
+      pending_retries: pending,
+      next_retry_in_s: pending > 0 ? Math.max(0, Math.ceil((this.nextRetryAt - this.now()) / 1000)) : null,
+      last_error: this.lastError === null ? null : { ...this.lastError, at: new Date(this.lastError.at).toISOString() },
+    };
+  }
+
+  /**
+   * A ban by hand (`tsfilter ban`): origin 'manual', stored and enforced at once. `seconds`: the duration, null for
+   * permanent, undefined for ban_time with escalation. Refuses ignored and protected addresses with the reason. An
+   * active ban of the address is replaced (so a ban can be made longer or permanent).
+   */
+  async manualBan(ipText: string, seconds: number | null | undefined, reason?: string): Promise<ManualBanResult> {
+    const ip = normalizeIp(ipText);
+    if (ip === null) throw new BanRefused(`${JSON.stringify(ipText.slice(0, 100))} is not an IP address`);
+    const why = this.o.ignore.why ? this.o.ignore.why(ip) : this.o.ignore.has(ip) ? 'an ignored or protected address' : null;
+    if (why !== null) throw new BanRefused(`${ip} is ${why}: refusing to ban it`);
+    const now = this.now();
+    const previous = this.o.store.banCount(ip);
+    const duration =
+      seconds === undefined ? banDuration(this.o.banTime('manual'), previous, this.o.banTimeFactor ?? 1, this.o.banTimeMax) : seconds;
+    const input: BanInput = {
+      ip,
+      rule: 'manual',
+      reason: reason && reason.trim() !== '' ? reason : 'banned with tsfilter ban',
+      createdAt: now,
+      expiresAt: duration === null ? null : now + duration * 1000,
+      failures: 0,
+      origin: 'manual',
+      server: this.o.server,
+      country: null,
+    };
+    let replaced = false;
+    const { record } = this.o.store.transaction(() => {
+      replaced = this.o.store.removeBan(ip, now, 'replaced by a manual ban');
+      return this.o.store.addBan(input);
+    });
+    this.o.forget?.(ip);
+    this.o.logger.info('banned', {
+      ip,
+      rule: 'manual',
+      origin: 'manual',
+      reason: record.reason,
+      ban_count: record.banCount,
+      replaced,
+      until: record.expiresAt === null ? 'permanent' : new Date(record.expiresAt).toISOString(),
+    });
+    const enforced = await this.applyBans([{ ip, expiresAt: record.expiresAt, rule: record.rule }]);
+    return { record, replaced, enforced };
+  }
+
+  /** Lifts the ban of an address (store and firewall) and forgets its failures. Returns whether it was banned. */
+  async unban(ipText: string, reason = 'unbanned with tsfilter unban'): Promise<{ ip: string; removed: boolean; enforced: boolean }> {
+    const ip = normalizeIp(ipText);
+    if (ip === null) throw new BanRefused(`${JSON.stringify(ipText.slice(0, 100))} is not an IP address`);
+    const removed = this.o.store.removeBan(ip, this.now(), reason);
+    this.uncommitted = this.uncommitted.filter((d) => d.record.ip !== ip);
+    this.o.forget?.(ip);
+    let enforced = true;
+    // An element without a ban in the store is still lifted from our own sets (a ban that ended while its removal
+    // failed); without a ban and without a way to list elements, there is nothing to lift.
+    let inFirewall = removed;
+    if (!removed) {
+      for (const e of this.o.enforcers) {
+        if (!e.elements) continue;
+        try {
+          if ((await e.elements()).some((x) => normalizeIp(x) === ip)) inFirewall = true;
+        } catch {
+          /* the unban below reports enforcer failures */
+        }
+      }
+    }
+    if (inFirewall) enforced = await this.applyUnbans([ip]);
+    if (removed || inFirewall) this.o.logger.info('unbanned', { ip, reason });
+    return { ip, removed: removed || inFirewall, enforced };
+  }
+
+  /** Lifts every active ban. Returns the addresses. */
+  async unbanAll(reason = 'unbanned with tsfilter unban --all'): Promise<{ ips: string[]; enforced: boolean }> {
+    const now = this.now();
+    const ips = this.o.store.transaction(() => {
+      const out: string[] = [];
+      for (const b of this.o.store.activeBans(now)) if (this.o.store.removeBan(b.ip, now, reason)) out.push(b.ip);
+      return out;
+    });
+    this.uncommitted = [];
+    for (const ip of ips) this.o.forget?.(ip);
+    const normal = ips.map((ip) => normalizeIp(ip)).filter((ip): ip is string => ip !== null);
+    const enforced = normal.length === 0 ? true : await this.applyUnbans(normal);
+    this.o.logger.info('unbanned every address', { count: ips.length, reason });
+    return { ips, enforced };
+  }
+
+  /** The enforcer lost its state (ruleset flushed): puts every enforceable active ban back. */
+  async reapply(e: Enforcer): Promise<number> {
+    const batch = this.enforceable();
+    try {
+      await e.ban(batch);
+    } catch (err) {
+      this.enqueue(e, err, batch, []);
+    }
+    return batch.length;
   }
 
   /** Ends bans whose time is up and lifts them from the firewall. */
   async expire(): Promise<BanRecord[]> {
     const ended = this.o.store.expireBans(this.now());
     if (ended.length === 0) return ended;
-    const ips = ended.map((b) => b.ip);
-    for (const e of this.o.enforcers) {
-      try {
-        await e.unban(ips);
-      } catch (err) {
-        this.o.logger.error('enforcer failed to lift expired bans', { enforcer: e.name, error: err });
-      }
-    }
+    const ips = ended.map((b) => normalizeIp(b.ip)).filter((ip): ip is string => ip !== null);
+    if (ips.length > 0) await this.applyUnbans(ips);
     for (const b of ended) this.o.logger.info('ban expired', { ip: b.ip, rule: b.rule });
     return ended;
   }
@@ -190,10 +451,48 @@ export class BanManager {
     return out;
   }
 
-  /** Puts every enforceable active ban from the store into the enforcers (at start: the store is the truth). */
+  /**
+   * At start, the store is the truth: every enforceable active ban is put into the enforcers, and elements of our
+   * sets whose address the store banned but no longer does (ended, expired, unbanned while the daemon was down,
+   * or now ignored) are removed. Elements of addresses the store has never banned are foreign and stay. A failure
+   * is retried with backoff, not fatal.
+   */
   async restore(): Promise<number> {
+    return (await this.reconcile()).restored;
+  }
+
+  async reconcile(): Promise<{ restored: number; removed: number; foreign: number }> {
     const batch = this.enforceable();
-    for (const e of this.o.enforcers) await e.ban(batch);
-    return batch.length;
+    const want = new Set(batch.map((b) => b.ip));
+    let removed = 0;
+    let foreign = 0;
+    for (const e of this.o.enforcers) {
+      if (e.elements) {
+        try {
+          const stale: string[] = [];
+          for (const raw of await e.elements()) {
+            const ip = normalizeIp(raw);
+            if (ip === null || want.has(ip)) continue;
+            if (this.o.store.banCount(ip) > 0) stale.push(ip);
+            else foreign++;
+          }
+          if (stale.length > 0) {
+            removed += stale.length;
+            this.o.logger.info('removing firewall elements whose bans ended', { enforcer: e.name, count: stale.length });
+            await e.unban(stale).catch((err) => this.enqueue(e, err, [], stale));
+          }
+        } catch (err) {
+          this.o.logger.warn('cannot list the firewall elements to reconcile them with the store', { enforcer: e.name, error: err });
+        }
+      }
+      try {
+        if (e.reconcile) await e.reconcile(batch);
+        else await e.ban(batch);
+      } catch (err) {
+        this.enqueue(e, err, batch, []);
+      }
+    }
+    if (foreign > 0) this.o.logger.info('firewall elements unknown to the store left in place', { count: foreign });
+    return { restored: batch.length, removed, foreign };
   }
 }

@@ -5,6 +5,7 @@ import { ConfigError, loadConfigFile, type Config } from '../config/load.ts';
 import { resolveConfigPath } from './config-path.ts';
 import { replay, UsageError, type ReplayBan } from './replay.ts';
 import { testRule } from './test-rule.ts';
+import { banCommand, listCommand, NotRunningError, statusCommand, unbanCommand } from './control.ts';
 import { createLogger } from '../util/logger.ts';
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage. */
@@ -32,10 +33,35 @@ export function buildProgram(): Command {
     .option('-c, --config <file>', 'config file (default: $TSFILTER_CONFIG, /etc/tsfilter/config.json, or the bundled defaults)')
     .addHelpText('after', '\nExample:\n  sudo tsfilter run --config /etc/tsfilter/config.json\n')
     .action(async (o: { config?: string }) => {
-      const config = load(o.config);
+      const file = resolveConfigPath(o.config);
+      const config = loadConfigFile(file);
       const logger = createLogger();
+      // SIGHUP before the daemon is up would kill the process: queue it until it can be applied.
+      let daemon: import('../daemon.ts').DaemonHandle | null = null;
+      let hupPending = false;
+      const reload = () => {
+        if (daemon === null) {
+          hupPending = true;
+          return;
+        }
+        logger.info('SIGHUP: reloading the configuration', { config: file });
+        let next: Config;
+        try {
+          next = loadConfigFile(file);
+        } catch (e) {
+          const problems = e instanceof ConfigError ? e.problems.map((p) => `${p.path || '(file)'}: ${p.message}`).join('; ') : (e as Error).message;
+          logger.error('reload failed: invalid configuration; still running with the previous one', { config: file, problems });
+          return;
+        }
+        daemon.reload(next).catch((e) =>
+          logger.error('reload failed; still running with the previous configuration', { config: file, error: e }),
+        );
+      };
+      process.on('SIGHUP', reload);
       const { startDaemon } = await import('../daemon.ts');
       const d = await startDaemon(config, logger);
+      daemon = d;
+      if (hupPending) reload();
       await new Promise<void>((resolve) => {
         const stop = (sig: string) => {
           logger.info('signal received, stopping', { signal: sig });
@@ -47,7 +73,48 @@ export function buildProgram(): Command {
         process.once('SIGTERM', () => stop('SIGTERM'));
         process.once('SIGINT', () => stop('SIGINT'));
       });
+      process.off('SIGHUP', reload);
     });
+
+  const out = (s: string) => process.stdout.write(s + '\n');
+  const note = (s: string) => process.stderr.write(s + '\n');
+  const configOpt = '-c, --config <file>';
+  const configHelp = 'config file (finds the control socket and the store)';
+
+  program
+    .command('ban')
+    .description('Ban an address now, in the firewall and the store (works on the store alone when the daemon is not running).')
+    .argument('<ip>', 'IPv4 or IPv6 address')
+    .option('-d, --duration <d>', 'seconds, or 30s / 10m / 12h / 7d / 2w, or "permanent" (default: ban_time with escalation)')
+    .option('-r, --reason <text>', 'why (shown by tsfilter list)')
+    .option(configOpt, configHelp)
+    .addHelpText('after', '\nExamples:\n  sudo tsfilter ban 192.0.2.7 --duration 12h --reason "scanning"\n  sudo tsfilter ban 2001:db8::7 --duration permanent\n')
+    .action((ip: string, o: { duration?: string; reason?: string; config?: string }) => banCommand(load(o.config), ip, o, out));
+
+  program
+    .command('unban')
+    .description('Lift the ban of an address, or of every address with --all (firewall and store).')
+    .argument('[ip]', 'IPv4 or IPv6 address')
+    .option('-a, --all', 'lift every active ban')
+    .option(configOpt, configHelp)
+    .addHelpText('after', '\nExamples:\n  sudo tsfilter unban 192.0.2.7\n  sudo tsfilter unban --all\n')
+    .action((ip: string | undefined, o: { all?: boolean; config?: string }) => unbanCommand(load(o.config), ip, o, out));
+
+  program
+    .command('list')
+    .description('Show the active bans: ip, rule, origin, since, expiry, ban count, country, reason.')
+    .option('--json', 'one JSON object per ban per line')
+    .option(configOpt, configHelp)
+    .addHelpText('after', '\nExamples:\n  sudo tsfilter list\n  sudo tsfilter list --json | jq -r .ip\n')
+    .action((o: { json?: boolean; config?: string }) => listCommand(load(o.config), o, out, note));
+
+  program
+    .command('status')
+    .description("Show the running daemon's uptime, sources and positions, lines per rule, tracked addresses, bans and enforcer health; exit 1 when it is not running.")
+    .option('--json', 'one JSON object')
+    .option(configOpt, configHelp)
+    .addHelpText('after', '\nExample:\n  sudo tsfilter status\n')
+    .action((o: { json?: boolean; config?: string }) => statusCommand(load(o.config), o, out));
 
   program
     .command('replay')
@@ -144,6 +211,10 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`tsfilter: invalid configuration in ${e.file}:\n`);
       for (const p of e.problems) process.stderr.write(`  ${p.path || '(file)'}: ${p.message}\n`);
       return EXIT_CONFIG;
+    }
+    if (e instanceof NotRunningError) {
+      process.stderr.write(`tsfilter: ${e.message}\n`);
+      return EXIT_RUNTIME;
     }
     if (e instanceof UsageError) {
       process.stderr.write(`tsfilter: ${e.message}\n`);

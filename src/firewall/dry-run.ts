@@ -1,4 +1,4 @@
-import type { Enforcer, Enforcement } from './types.ts';
+import type { Enforcer, Enforcement, EnforcerHealth } from './types.ts';
 import type { Logger } from '../util/logger.ts';
 
 const DETAIL_LIMIT = 20;
@@ -36,4 +36,12 @@ export class DryRunEnforcer implements Enforcer {
   }
 
   async stop(): Promise<void> {}
+
+  async elements(): Promise<string[]> {
+    return [...this.active.keys()];
+  }
+
+  health(): EnforcerHealth {
+    return { ok: true, blocked: this.active.size };
+  }
 }

@@ -261,7 +261,13 @@ export function compileTimeFormat(format?: string): TimeParser {
     const cur = cand(f, 1);
     if (cur <= limit) return cur;
     const prev = cand(f, 0);
-    return prev <= limit ? prev : null;
+    if (prev <= limit) return prev;
+    // Feb 29 read in a year after a leap year: go back to the last year in which the date exists.
+    for (let back = 2; back <= 8; back++) {
+      const t = timeIn(f, year - back);
+      if (!Number.isNaN(t) && t <= limit) return t;
+    }
+    return null;
   }
 
   function parseWithFormat(s: string): Fields | null {

@@ -70,7 +70,8 @@ export interface ExecOptions {
   /** Kill the command (SIGKILL) after this long; the result then has timedOut. Default 30 s. */
   timeoutMs?: number;
   input?: string;
-  env?: Record<string, string>;
+  /** Added to (undefined: removed from) the test process's environment. */
+  env?: Record<string, string | undefined>;
   cwd?: string;
   /** Run in a private mount namespace with private /run and /dev; `devLog` is bind-mounted at /dev/log. */
   privateMounts?: { devLog?: string };
@@ -348,6 +349,7 @@ export function missingPrerequisites(opts: { syslog?: boolean; nft?: boolean } =
   const has = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'ignore' }).error === undefined;
   if (!has('ip', ['-V'])) missing.push('ip (iproute2)');
   if (!has('unshare', ['--version'])) missing.push('unshare (util-linux)');
+  if (!has('sysctl', ['--version'])) missing.push('sysctl (procps)');
   if (!existsSync(SSHD)) missing.push(`${SSHD} (openssh-server)`);
   if (!has('ssh', ['-V'])) missing.push('ssh (openssh-client)');
   if (!has('ssh-keygen', ['-?'])) missing.push('ssh-keygen (openssh-client)');
@@ -376,7 +378,7 @@ export function missingPrerequisites(opts: { syslog?: boolean; nft?: boolean } =
 }
 
 export const HOW_TO_ENABLE =
-  'run the end-to-end tests as root on Linux with: apt-get install -y openssh-server openssh-client sshpass nftables iproute2 rsyslog util-linux ' +
+  'run the end-to-end tests as root on Linux with: apt-get install -y openssh-server openssh-client sshpass nftables iproute2 rsyslog procps util-linux ' +
   '(CI=true turns a missing prerequisite into a failure)';
 
 /** The lab; see the top of this file. */
@@ -579,6 +581,12 @@ export class Lab {
     );
     const t = run([SSHD, '-t', '-f', config]);
     if (t.status !== 0) throw new Error(`sshd -t rejects the lab config: ${String(t.stderr)}`);
+    // OpenSSH 9.8+ penalises addresses that fail authentication by refusing their connections for a while; here
+    // only TSFilter may keep anyone out (the admin fails as often as the attacker and must still connect).
+    const withPenaltiesOff = readFileSync(config, 'utf8') + 'PerSourcePenalties no\n';
+    writeFileSync(config + '.probe', withPenaltiesOff);
+    if (run([SSHD, '-t', '-f', config + '.probe']).status === 0) writeFileSync(config, withPenaltiesOff);
+    rmSync(config + '.probe', { force: true });
 
     let logFile: string;
     let syslog: LabProcess | undefined;
@@ -765,7 +773,7 @@ export class Lab {
   /** `tsfilter run --config <file>` inside the server namespace (tracked). */
   spawnTsfilter(configFile: string): LabProcess {
     return this.spawn('server', [process.execPath, '--import', 'tsx', CLI, 'run', '--config', configFile], {
-      env: { TZ: 'UTC', SSH_CLIENT: '', SSH_CONNECTION: '' },
+      env: { TZ: 'UTC', SSH_CLIENT: undefined, SSH_CONNECTION: undefined },
       name: 'tsfilter',
     });
   }
@@ -783,7 +791,7 @@ export class Lab {
     return this.exec('server', [process.execPath, '--import', 'tsx', CLI, ...args], {
       timeoutMs: 30_000,
       ...opts,
-      env: { TZ: 'UTC', SSH_CLIENT: '', SSH_CONNECTION: '', ...opts.env },
+      env: { TZ: 'UTC', SSH_CLIENT: undefined, SSH_CONNECTION: undefined, ...opts.env },
     });
   }
 

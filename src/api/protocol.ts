@@ -1,0 +1,153 @@
+/*
+ * The control socket's protocol: one JSON request per line, one JSON response per line.
+ *
+ *   {"cmd":"ban","ip":"192.0.2.7","duration":3600,"reason":"manual"}   duration: seconds, null = permanent,
+ *                                                                        absent = ban_time with escalation
+ *   {"cmd":"unban","ip":"192.0.2.7"}  |  {"cmd":"unban","all":true}
+ *   {"cmd":"list"}
+ *   {"cmd":"status"}
+ *
+ * Responses: {"ok":true,...} or {"ok":false,"error":"...","kind":"usage"|"runtime"}. "usage" errors are the caller's
+ * (bad request, invalid or refused address): the CLI exits 2 for them, 1 for "runtime" ones.
+ */
+import { normalizeIp } from '../detect/ip.ts';
+import { MAX_BAN_SECONDS } from '../bans/duration.ts';
+import type { BanRecord } from '../store/types.ts';
+
+/** Longest request line accepted; a longer one is answered with an error and the connection closed. */
+export const MAX_REQUEST_BYTES = 64 * 1024;
+/** Longest reason kept. */
+export const MAX_REASON_CHARS = 500;
+
+export type Request =
+  | { cmd: 'ban'; ip: string; duration?: number | null; reason?: string }
+  | { cmd: 'unban'; ip: string }
+  | { cmd: 'unban'; all: true }
+  | { cmd: 'list' }
+  | { cmd: 'status' };
+
+export type ErrorKind = 'usage' | 'runtime';
+export type ErrorResponse = { ok: false; error: string; kind: ErrorKind };
+export type OkResponse = { ok: true; [key: string]: unknown };
+export type Response = OkResponse | ErrorResponse;
+
+/** An error that is the requester's fault (exit code 2 in the CLI). */
+export class UsageProblem extends Error {
+  readonly kind = 'usage' as const;
+}
+
+export function errorResponse(e: unknown): ErrorResponse {
+  if (e instanceof Error && (e as { kind?: unknown }).kind === 'usage') return { ok: false, error: e.message, kind: 'usage' };
+  return { ok: false, error: e instanceof Error ? e.message : String(e), kind: 'runtime' };
+}
+
+/** A normalised IP address, or a UsageProblem saying why the text is not one. CIDR ranges are refused. */
+export function parseIp(v: unknown): string {
+  if (typeof v !== 'string' || v === '') throw new UsageProblem('"ip" must be an IP address');
+  const ip = normalizeIp(v.trim());
+  if (ip === null) {
+    const shown = JSON.stringify(v.slice(0, 100));
+    throw new UsageProblem(`${shown} is not an IP address${v.includes('/') ? ' (ranges cannot be banned, only single addresses)' : ''}`);
+  }
+  return ip;
+}
+
+const KEYS: Record<string, readonly string[]> = {
+  ban: ['cmd', 'ip', 'duration', 'reason'],
+  unban: ['cmd', 'ip', 'all'],
+  list: ['cmd'],
+  status: ['cmd'],
+};
+
+/** Parses and validates one request line; throws a UsageProblem naming what is wrong. */
+export function parseRequest(line: string): Request {
+  let v: unknown;
+  try {
+    v = JSON.parse(line);
+  } catch {
+    throw new UsageProblem('malformed request: not JSON (one JSON object per line)');
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new UsageProblem('malformed request: expected a JSON object');
+  const o = v as Record<string, unknown>;
+  const cmd = o.cmd;
+  if (typeof cmd !== 'string' || !Object.hasOwn(KEYS, cmd)) {
+    throw new UsageProblem(`unknown command ${JSON.stringify(typeof cmd === 'string' ? cmd.slice(0, 40) : cmd ?? null)}; expected one of ${Object.keys(KEYS).join(', ')}`);
+  }
+  for (const k of Object.keys(o)) {
+    if (!KEYS[cmd]!.includes(k)) throw new UsageProblem(`${cmd}: unknown field ${JSON.stringify(k.slice(0, 40))}`);
+  }
+  switch (cmd) {
+    case 'ban': {
+      const ip = parseIp(o.ip);
+      const req: Request = { cmd, ip };
+      if (o.duration !== undefined) {
+        const d = o.duration;
+        if (d !== null && !(typeof d === 'number' && Number.isInteger(d) && d > 0 && d <= MAX_BAN_SECONDS)) {
+          throw new UsageProblem(`ban: "duration" must be a whole number of seconds from 1 to ${MAX_BAN_SECONDS}, or null for permanent`);
+        }
+        req.duration = d;
+      }
+      if (o.reason !== undefined) {
+        if (typeof o.reason !== 'string') throw new UsageProblem('ban: "reason" must be a string');
+        req.reason = o.reason.slice(0, MAX_REASON_CHARS);
+      }
+      return req;
+    }
+    case 'unban':
+      if (o.all !== undefined) {
+        if (o.all !== true || o.ip !== undefined) throw new UsageProblem('unban: give either "ip" or "all": true');
+        return { cmd, all: true };
+      }
+      return { cmd, ip: parseIp(o.ip) };
+    case 'list':
+      return { cmd };
+    default:
+      return { cmd: 'status' };
+  }
+}
+
+const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400, w: 604800 };
+
+/**
+ * `--duration`: seconds ("3600"), with a unit ("30s", "10m", "12h", "7d", "2w"), or "permanent".
+ * Returns seconds, or null for permanent. Zero and negative values are refused (say "permanent").
+ */
+export function parseDuration(text: string): number | null {
+  const t = text.trim().toLowerCase();
+  if (t === 'permanent' || t === 'perm' || t === 'forever') return null;
+  const m = /^(\d{1,12})([smhdw]?)$/.exec(t);
+  if (!m) {
+    throw new UsageProblem(`invalid duration ${JSON.stringify(text)}: use seconds (3600), a number with s/m/h/d/w (30s, 10m, 12h, 7d) or "permanent"`);
+  }
+  const seconds = Number(m[1]) * UNITS[m[2] || 's']!;
+  if (seconds <= 0) throw new UsageProblem(`invalid duration ${JSON.stringify(text)}: must be more than 0 (for a permanent ban say "permanent")`);
+  if (seconds > MAX_BAN_SECONDS) throw new UsageProblem(`invalid duration ${JSON.stringify(text)}: at most ${MAX_BAN_SECONDS} s (100 years); say "permanent"`);
+  return seconds;
+}
+
+/** A ban as `list` returns it. Times are ISO 8601; expires null means permanent. */
+export interface ListedBan {
+  ip: string;
+  rule: string;
+  reason: string;
+  since: string;
+  expires: string | null;
+  ban_count: number;
+  country: string | null;
+  origin: string;
+  failures: number;
+}
+
+export function toListed(b: BanRecord): ListedBan {
+  return {
+    ip: b.ip,
+    rule: b.rule,
+    reason: b.reason,
+    since: new Date(b.createdAt).toISOString(),
+    expires: b.expiresAt === null ? null : new Date(b.expiresAt).toISOString(),
+    ban_count: b.banCount,
+    country: b.country ?? null,
+    origin: b.origin,
+    failures: b.failures,
+  };
+}

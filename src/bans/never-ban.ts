@@ -1,0 +1,121 @@
+import { IgnoreList } from '../detect/cidr-trie.ts';
+import { isLoopback, ProtectedAddresses, WHY_LOCAL, WHY_LOOPBACK, WHY_SSH_CLIENT, WHY_SSH_SESSION, WHY_SSH_UNVERIFIED } from '../detect/protected-addresses.ts';
+import type { Logger } from '../util/logger.ts';
+
+/** What never-ban checks need from ProtectedAddresses (tests substitute fixtures). */
+export interface Protector {
+  why(ip: string): string | null;
+  list(): { ip: string; why: string }[];
+  sshStatus(): { source: 'proc' | 'fallback'; ports: number[] };
+  start?(): void;
+  stop?(): void;
+}
+
+const PHRASES: Record<string, string> = {
+  [WHY_LOOPBACK]: 'a loopback address',
+  [WHY_LOCAL]: "one of this host's own addresses",
+  [WHY_SSH_SESSION]: 'the address of a current SSH session',
+  [WHY_SSH_CLIENT]: 'the SSH client address of the user who started tsfilter (SSH_CLIENT)',
+};
+
+/**
+ * The addresses that are never banned, whatever asks: settings.ignored_ips, loopback, the host's own addresses, and
+ * (protect_sessions) the peers of authenticated SSH sessions and the starter's SSH_CLIENT.
+ *
+ * When ProtectedAddresses cannot verify sshd's sessions (not root, hidepid: its 'fallback' mode), it lists every
+ * peer connected to the SSH port, attackers mid-guessing included. Protecting those would make every attacker that
+ * keeps its connection open immune, so they are NOT protected here; a warning is logged once instead.
+ */
+export class NeverBan {
+  private ignore: IgnoreList;
+  private entries: string[];
+  private warnedFallback = false;
+
+  constructor(
+    ignoredIps: readonly string[],
+    private protector: Protector,
+    private readonly logger: Logger,
+  ) {
+    this.entries = [...ignoredIps];
+    this.ignore = IgnoreList.parse(ignoredIps);
+  }
+
+  static create(ignoredIps: readonly string[], protectSessions: boolean, logger: Logger): NeverBan {
+    return new NeverBan(ignoredIps, new ProtectedAddresses({ protectSessions }), logger);
+  }
+
+  /** The ignore list alone (the detector's: ignored addresses are not even counted). */
+  get ignoreList(): IgnoreList {
+    return this.ignore;
+  }
+
+  /** SIGHUP: new ignored_ips and/or protector. Throws (and changes nothing) on a bad entry. */
+  reconfigure(ignoredIps: readonly string[], protector?: Protector): void {
+    const list = IgnoreList.parse(ignoredIps);
+    this.ignore = list;
+    this.entries = [...ignoredIps];
+    if (protector && protector !== this.protector) {
+      this.protector.stop?.();
+      this.protector = protector;
+      protector.start?.();
+    }
+  }
+
+  start(): void {
+    this.protector.start?.();
+    this.checkFallback();
+  }
+
+  stop(): void {
+    this.protector.stop?.();
+  }
+
+  has(ip: string): boolean {
+    return this.ignore.has(ip) || this.why(ip) !== null;
+  }
+
+  /** Why `ip` (normalised) must never be banned, as a phrase for messages, or null. */
+  why(ip: string): string | null {
+    if (this.ignore.has(ip)) {
+      const entry = this.entries.find((e) => {
+        try {
+          return IgnoreList.parse([e]).has(ip);
+        } catch {
+          return false;
+        }
+      });
+      return entry === undefined || entry.trim() === ip ? 'in ignored_ips' : `in ignored_ips (${entry.trim()})`;
+    }
+    if (isLoopback(ip)) return PHRASES[WHY_LOOPBACK]!;
+    let why = this.protector.why(ip);
+    if (why === WHY_SSH_UNVERIFIED) {
+      this.checkFallback();
+      // The starter's SSH_CLIENT stays protected even when an unverified connection shadows it.
+      why = this.protector.list().some((p) => p.ip === ip && p.why === WHY_SSH_CLIENT) ? WHY_SSH_CLIENT : null;
+    }
+    return why === null ? null : (PHRASES[why] ?? why);
+  }
+
+  /** For `tsfilter status`. */
+  status(): Record<string, unknown> {
+    const ssh = this.protector.sshStatus();
+    return {
+      ignored_ips: this.entries.length,
+      ssh_sessions: ssh.source === 'proc' ? 'verified' : 'unverified (not protected)',
+      ssh_ports: ssh.ports,
+      protected: this.protector.list().filter((p) => p.why !== WHY_SSH_UNVERIFIED).length,
+    };
+  }
+
+  private checkFallback(): void {
+    if (this.warnedFallback || this.protector.sshStatus().source !== 'fallback') return;
+    const unverified = this.protector.list().some((p) => p.why === WHY_SSH_UNVERIFIED);
+    const ports = this.protector.sshStatus().ports;
+    if (!unverified && ports.length === 0) return; // sessions not protected at all (protect_sessions off)
+    this.warnedFallback = true;
+    this.logger.warn(
+      "protect_sessions: sshd's processes cannot be inspected (not root, or /proc mounted with hidepid), so current SSH sessions cannot be told from attackers and are NOT protected; add your address to ignored_ips",
+      { ports: ports.join(',') },
+    );
+  }
+}
