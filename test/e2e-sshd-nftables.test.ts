@@ -99,10 +99,11 @@ async function assertAdminConnects(lab: Lab, family: Family): Promise<void> {
   assert.equal(await lab.nftHasElement(ADDR.admin[family]), false, 'the admin is in the ban sets');
 }
 
-for (const logging of ['file', 'syslog'] as const) {
-  const variant = logging === 'file' ? 'sshd -E log file' : 'rsyslog, RFC 3339';
-  describe(`end to end against a real sshd (${variant})`, () => {
-    test('bans the attacker over IPv4 and IPv6, never the admin; unban restores access; bans survive SIGKILL + restart and a flushed ruleset', { timeout: 240_000 }, async (t) => {
+// Every test has its own lab (namespaces, sshd, daemon), so they run side by side.
+describe('end to end against a real sshd, attacked from another network namespace', { concurrency: true }, () => {
+  for (const logging of ['file', 'syslog'] as const) {
+    const variant = logging === 'file' ? 'sshd -E log file' : 'rsyslog, RFC 3339';
+    test(`${variant}: bans the attacker over IPv4 and IPv6, never the admin; unban restores access; bans survive SIGKILL + restart and a flushed ruleset`, { timeout: 240_000 }, async (t) => {
       if (!ready(t)) return;
       const t0 = Date.now();
       const lab = await Lab.create();
@@ -187,7 +188,7 @@ for (const logging of ['file', 'syslog'] as const) {
       t.diagnostic(`total ${Date.now() - t0} ms`);
     });
 
-    test('a short ban_time expires by itself and the attacker connects again (deny_type REJECT: refused at once, not a timeout)', { timeout: 120_000 }, async (t) => {
+    test(`${variant}: a short ban_time expires by itself and the attacker connects again (deny_type REJECT: refused at once, not a timeout)`, { timeout: 120_000 }, async (t) => {
       if (!ready(t)) return;
       const t0 = Date.now();
       const lab = await Lab.create();
@@ -222,5 +223,5 @@ for (const logging of ['file', 'syslog'] as const) {
       }
       t.diagnostic(`total ${Date.now() - t0} ms`);
     });
-  });
-}
+  }
+});
