@@ -230,6 +230,20 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
       return ok;
     };
 
+    /**
+     * Position updates of batches whose bans are being enforced, committed together in one transaction on the next
+     * turn of the event loop (and at once by the counter timer, reload and stop), so the counters written with a
+     * commit never run ahead of the positions written with it.
+     */
+    const deferred: { work: () => void; lines: number }[] = [];
+    const drainDeferred = () => {
+      if (deferred.length === 0) return;
+      const batch = deferred.splice(0);
+      commit(() => {
+        for (const d of batch) d.work();
+      }, { batches: batch.length, lines: batch.reduce((n, d) => n + d.lines, 0) });
+    };
+
     const sink = (rule: string) => {
       const pstore = prefixed(store, `${rule}:`);
       return (lines: SourceLine[], positions: Map<string, Position>) => {
@@ -237,9 +251,15 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
         const matcher = cur.matchers.get(rule);
         if (matcher === undefined) return; // a source of a rule removed by a reload, delivering its last lines
         pipeline.process(matcher, lines, Date.now());
-        commit(() => {
-          for (const [k, p] of positions) pstore.setPosition(k, p);
-        }, { rule, lines: lines.length });
+        bans.enforceEarly();
+        // The store's commit waits for the disk; let the firewall change start first (it is queued in a microtask).
+        deferred.push({
+          work: () => {
+            for (const [k, p] of positions) pstore.setPosition(k, p);
+          },
+          lines: lines.length,
+        });
+        if (deferred.length === 1) setImmediate(drainDeferred);
       };
     };
 
@@ -267,7 +287,10 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
       );
     };
     every(EXPIRY_INTERVAL_MS, 'expiring bans', () => bans.expire());
-    every(COUNTER_FLUSH_INTERVAL_MS, 'saving counters', () => commit(() => {}, { task: 'counters' }));
+    every(COUNTER_FLUSH_INTERVAL_MS, 'saving counters', () => {
+      drainDeferred();
+      commit(() => {}, { task: 'counters' });
+    });
     // When the logs are quiet nothing moves the detector's clock: forget idle addresses by the wall clock too.
     every(SWEEP_INTERVAL_MS, 'forgetting idle addresses', () => detector.sweep(Date.now()));
     every(RETRY_TICK_MS, 'retrying firewall changes', () => bans.retry());
@@ -314,6 +337,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
         // written, so the new detector starts from exactly the old one's state for the rules that remain.
         const old = sources.splice(0);
         for (const s of old) await s.stop().catch((e) => logger.error('stopping a source failed', { source: s.name, error: e }));
+        drainDeferred();
         commit(() => {}, { task: 'reload' });
         nextDetector.load(store.loadCounters().filter((c) => b.byName.has(c.rule)));
         const nextPipeline = new Pipeline(nextDetector, (d) => bans.decide(d) !== null);
@@ -396,6 +420,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
         for (const t of timers) clearInterval(t);
         await control?.close();
         for (const s of sources) await s.stop();
+        drainDeferred();
         commit(() => {}, { task: 'final save' });
         await bans.flush();
         // Kernel bans stay in place on shutdown: an attacker gains nothing by getting the daemon restarted.

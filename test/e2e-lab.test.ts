@@ -7,6 +7,7 @@
  */
 import { describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { ADDR, HOW_TO_ENABLE, Lab, missingPrerequisites, type Family, type SshdLogging } from './helpers/e2e-lab.ts';
 import { requirePrereq } from './helpers/prereq.ts';
@@ -136,6 +137,8 @@ for (const logging of ['file', 'syslog'] as const) {
 test('the lab never touches the host: no /dev/log or firewall change, and dispose removes namespaces and processes even after a failure', async (t) => {
   if (!ready(t)) return;
   const hostDevLog = existsSync('/dev/log');
+  const hostRuleset = () => spawnSync('nft', ['list', 'ruleset'], { encoding: 'utf8' }).stdout ?? '';
+  const rulesetBefore = hostRuleset();
   let lab: Lab | undefined;
   const pids: number[] = [];
   await assert.rejects(
@@ -157,4 +160,5 @@ test('the lab never touches the host: no /dev/log or firewall change, and dispos
     assert.throws(() => process.kill(pid, 0), { code: 'ESRCH' }, `process ${pid} still alive`);
   }
   assert.equal(existsSync('/dev/log'), hostDevLog, "the host's /dev/log is untouched");
+  assert.equal(hostRuleset(), rulesetBefore, "the host's nftables ruleset is untouched");
 });

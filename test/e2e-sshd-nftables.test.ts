@@ -79,6 +79,12 @@ function listedIps(stdout: string): string[] {
   return ips;
 }
 
+const FOREIGN_TABLE = `table inet lab_admin {
+  set trusted { type ipv4_addr; elements = { 192.0.2.200 } }
+  chain input { type filter hook input priority 0; policy accept; ip saddr @trusted accept; }
+}
+`;
+
 /** The daemon started with the nftables enforcer (not the dry-run fallback). */
 function assertEnforcing(d: TsfilterDaemon): void {
   const m = d.out.match(/msg=started .*$/m);
@@ -109,6 +115,10 @@ describe('end to end against a real sshd, attacked from another network namespac
       const lab = await Lab.create();
       try {
         const sshd = await step(t, 'start sshd', () => lab.startSshd(logging));
+        // An admin's own table, which TSFilter must never touch (it owns only inet tsfilter).
+        const foreign = await lab.nft(['-f', '-'], { input: FOREIGN_TABLE });
+        assert.equal(foreign.code, 0, foreign.stderr);
+        const foreignBefore = (await lab.nft(['list', 'table', 'inet', 'lab_admin'])).stdout;
         const d = await step(t, 'start tsfilter run (nftables)', () => lab.startTsfilter(sshd));
         assertEnforcing(d);
 
@@ -154,11 +164,20 @@ describe('end to end against a real sshd, attacked from another network namespac
           const r = await d.cli(['list', '--json']);
           assert.equal(r.code, 0, `tsfilter list --json: ${r.stdout}${r.stderr}`);
           const ips = listedIps(r.stdout);
+          t.diagnostic(`tsfilter list --json: ${r.stdout.trim().split('\n')[0]}`);
           for (const f of [4, 6] as const) assert.ok(ips.includes(ADDR.attacker[f]), `list --json lacks ${ADDR.attacker[f]}:\n${r.stdout}`);
           assert.ok(!ips.includes(ADDR.admin[4]) && !ips.includes(ADDR.admin[6]), r.stdout);
+          // Banned, unbanned, banned again: the second ban of each address (escalation counts it).
+          for (const l of r.stdout.split('\n').filter((x) => x.includes('"ip"'))) {
+            const b = JSON.parse(l) as { ip: string; ban_count?: number };
+            if (b.ip === ADDR.attacker[4] || b.ip === ADDR.attacker[6]) assert.equal(b.ban_count, 2, l);
+          }
           for (const f of [4, 6] as const) await assertBanned(lab, f, 'after the restart');
           await assertAdminConnects(lab, 4);
         });
+
+        const foreignAfter = await lab.nft(['list', 'table', 'inet', 'lab_admin']);
+        assert.equal(foreignAfter.stdout, foreignBefore, 'TSFilter changed a table that is not its own');
 
         // --- An admin flushes the whole ruleset behind the daemon's back: the bans come back within seconds.
         await step(t, 'nft flush ruleset: bans restored within seconds', async () => {
@@ -206,6 +225,7 @@ describe('end to end against a real sshd, attacked from another network namespac
           // REJECT answers with a TCP reset or an ICMP unreachable: the connection fails fast.
           const p = await lab.probe('attacker', f, 22, 3000);
           assert.equal(p.ok, false);
+          t.diagnostic(`IPv${f} REJECT: ${p.error} after ${p.ms} ms`);
           assert.ok(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EACCES', 'EPERM'].includes(p.error) && p.ms < 1000, `REJECT must refuse at once: ${JSON.stringify(p)}`);
         }
         await step(t, 'both bans expire', async () => {

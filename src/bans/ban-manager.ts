@@ -57,7 +57,10 @@ interface Decided {
   input: BanInput;
   record: BanRecord;
   instant: boolean;
+  /** Handed to the enforcers already (early, or after a failed commit). */
   enforced: boolean;
+  /** Logged as banned already (after a failed commit: it was enforced before it could be stored). */
+  announced: boolean;
 }
 
 /**
@@ -125,7 +128,7 @@ export class BanManager {
       lines: d.lines,
     };
     const record: BanRecord = { ...input, banCount: previous + 1 };
-    this.pending.push({ input, record, instant: d.instant, enforced: false });
+    this.pending.push({ input, record, instant: d.instant, enforced: false, announced: false });
     this.pendingIps.add(d.ip);
     this.bansDecided++;
     return record;
@@ -141,7 +144,7 @@ export class BanManager {
       const { added, record } = this.o.store.addBan(d.input);
       // Not added: the address got an active ban meanwhile (another rule, the CLI): nothing more to do.
       if (added) this.written.push({ ...d, record });
-      else if (!d.enforced) this.written.push({ ...d, record, enforced: true });
+      else if (!d.announced) this.written.push({ ...d, record, enforced: true, announced: true });
     }
   }
 
@@ -162,11 +165,26 @@ export class BanManager {
     this.pending = [];
     this.pendingIps.clear();
     for (const d of all) {
-      if (d.enforced) continue;
+      if (d.announced) continue;
       this.o.logger.warn('ban decided but not yet stored; enforcing it and retrying the store', { ip: d.record.ip });
       this.toAnnounce.push({ ...d });
     }
-    this.uncommitted = all.map((d) => ({ ...d, enforced: true }));
+    this.uncommitted = all.map((d) => ({ ...d, enforced: true, announced: true }));
+  }
+
+  /**
+   * Hands the bans decided so far to the enforcers before they are stored, so the firewall change (an nft process,
+   * a few ms) runs while the store's commit waits for the disk. Safe: were the commit to fail or the process to die
+   * first, the lines are read again and the same bans decided again; the kernel element is already there.
+   */
+  enforceEarly(): void {
+    const batch: Enforcement[] = [];
+    for (const d of this.pending) {
+      if (d.enforced) continue;
+      d.enforced = true;
+      batch.push({ ip: d.record.ip, expiresAt: d.record.expiresAt, rule: d.record.rule });
+    }
+    if (batch.length > 0) void this.applyBans(batch);
   }
 
   /** Announces and enforces the bans committed since the last flush, as one batch per enforcer. */
@@ -176,9 +194,9 @@ export class BanManager {
     this.toAnnounce = [];
     const batch: Enforcement[] = [];
     for (const d of decided) {
-      if (d.enforced) continue;
       const { record, instant } = d;
-      batch.push({ ip: record.ip, expiresAt: record.expiresAt, rule: record.rule });
+      if (!d.enforced) batch.push({ ip: record.ip, expiresAt: record.expiresAt, rule: record.rule });
+      if (d.announced) continue;
       this.o.logger.info('banned', {
         ip: record.ip,
         rule: record.rule,

@@ -235,6 +235,8 @@ export class NftablesEnforcer implements Enforcer {
   private readonly logger: NftLogger;
   private readonly now: () => number;
   private readonly lostCallbacks: (() => void)[] = [];
+  /** Addresses this enforcer put in its sets (since start, or seen by reconcile): these need re-timing on a new ban. */
+  private readonly known = new Set<string>();
   /** Every nft command goes through this queue: a repair never interleaves with a ban. */
   private queue: Promise<unknown> = Promise.resolve();
   private timer: NodeJS.Timeout | null = null;
@@ -275,10 +277,21 @@ export class NftablesEnforcer implements Enforcer {
     await this.queue.catch(() => {});
   }
 
-  /** Adds (or re-times) an element per ban; bans already expired are skipped. Throws on an invalid address. */
+  /**
+   * Adds (or re-times) an element per ban; bans already expired are skipped. Throws on an invalid address.
+   * An address this enforcer has not put in the sets gets a plain add (about 3.5 ms for nft); only one it may have
+   * added before is re-timed with add+delete+add, which costs about 15 ms (the delete waits for the kernel's set
+   * garbage collection) and would otherwise dominate the line-to-drop latency.
+   */
   async ban(bans: Enforcement[]): Promise<void> {
     const els = this.toElements(bans);
-    for (let i = 0; i < els.length; i += CHUNK) await this.batch(banScript(els.slice(i, i + CHUNK)));
+    for (let i = 0; i < els.length; i += CHUNK) {
+      const chunk = els.slice(i, i + CHUNK);
+      const fresh = chunk.filter((e) => !this.known.has(e.text));
+      const again = chunk.filter((e) => this.known.has(e.text));
+      await this.batch(addScript(fresh) + banScript(again));
+      for (const e of chunk) this.known.add(e.text);
+    }
   }
 
   /** Deletes the addresses' elements; a missing element is not an error. Throws on an invalid address. */
@@ -293,6 +306,7 @@ export class NftablesEnforcer implements Enforcer {
     rejectInvalid(bad);
     const all = [...els.values()];
     for (let i = 0; i < all.length; i += CHUNK) await this.batch(unbanScript(all.slice(i, i + CHUNK)));
+    for (const e of all) this.known.delete(e.text);
   }
 
   /**
@@ -317,6 +331,8 @@ export class NftablesEnforcer implements Enforcer {
     // A plain add is enough for a missing element; should it appear meanwhile, add keeps it and nothing fails.
     for (let i = 0; i < missing.length; i += CHUNK) await this.batch(addScript(missing.slice(i, i + CHUNK)));
     for (let i = 0; i < retime.length; i += CHUNK) await this.batch(banScript(retime.slice(i, i + CHUNK)));
+    for (const k of current.keys()) this.known.add(k);
+    for (const e of els) this.known.add(e.text);
     return { added: missing.length, retimed: retime.length, unchanged: els.length - missing.length - retime.length };
   }
 
@@ -391,6 +407,7 @@ export class NftablesEnforcer implements Enforcer {
   }
 
   private lost(): void {
+    this.known.clear();
     this.state.repairs++;
     for (const cb of this.lostCallbacks) {
       try {
