@@ -28,6 +28,7 @@ import type { Logger } from './util/logger.ts';
 const EXPIRY_INTERVAL_MS = 1000;
 const COUNTER_FLUSH_INTERVAL_MS = 2000;
 const SWEEP_INTERVAL_MS = 60_000;
+const STORE_BUSY_TIMEOUT_MS = 1000;
 /** How often due firewall retries are looked at (the backoff itself is 1 s doubling to 60 s). */
 const RETRY_TICK_MS = 250;
 
@@ -131,7 +132,8 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
   let cur = build(initial, logger);
   const startedAt = Date.now();
 
-  const store = openSqliteStore(initial.sqlitePath, { server: initial.serverName });
+  // A short busy timeout: while another program holds the write lock, each attempt blocks the event loop this long.
+  const store = openSqliteStore(initial.sqlitePath, { server: initial.serverName, busyTimeoutMs: STORE_BUSY_TIMEOUT_MS });
   const sources: Source[] = [];
   const timers: NodeJS.Timeout[] = [];
   const enforcers: Enforcer[] = [];
@@ -274,14 +276,29 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
     };
     await startSources(cur.rules);
 
+    /**
+     * A periodic task. One that fails (the store locked by another program, a full disk) backs off, 1 s doubling
+     * to 30 s: each attempt can block the event loop for the store's busy timeout, and tasks retrying every second
+     * would starve the log sources, which must keep reading.
+     */
     const every = (ms: number, what: string, fn: () => unknown) => {
+      let delay = 0;
+      let notBefore = 0;
+      const failed = (e: unknown) => {
+        delay = Math.min(delay === 0 ? 1000 : delay * 2, 30_000);
+        notBefore = Date.now() + delay;
+        logger.error(`${what} failed`, { error: e, retry_in_ms: delay });
+      };
       timers.push(
         setInterval(() => {
+          if (Date.now() < notBefore) return;
           try {
             const r = fn();
-            if (r instanceof Promise) r.catch((e) => logger.error(`${what} failed`, { error: e }));
+            if (r === false) failed('see the error above');
+            else if (r instanceof Promise) r.then(() => (delay = 0), failed);
+            else delay = 0;
           } catch (e) {
-            logger.error(`${what} failed`, { error: e });
+            failed(e);
           }
         }, ms),
       );
@@ -289,7 +306,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
     every(EXPIRY_INTERVAL_MS, 'expiring bans', () => bans.expire());
     every(COUNTER_FLUSH_INTERVAL_MS, 'saving counters', () => {
       drainDeferred();
-      commit(() => {}, { task: 'counters' });
+      return commit(() => {}, { task: 'counters' });
     });
     // When the logs are quiet nothing moves the detector's clock: forget idle addresses by the wall clock too.
     every(SWEEP_INTERVAL_MS, 'forgetting idle addresses', () => detector.sweep(Date.now()));

@@ -9,7 +9,21 @@ export interface RuleStats {
   lines: number;
   matched: number;
   successes: number;
+  /** Matched lines not counted again: a further line about a login attempt already counted (same process). */
+  repeats: number;
   bans: number;
+}
+
+/** Connections (rule, address, process) remembered for counting attempts, and for how long. */
+const MAX_CONNECTIONS = 20_000;
+const CONNECTION_TTL_MS = 10 * 60_000;
+
+interface Connection {
+  /** Matches per pattern index within this connection. */
+  perPattern: Map<number, number>;
+  /** Failures counted for this connection so far. */
+  counted: number;
+  last: number;
 }
 
 /**
@@ -18,6 +32,7 @@ export interface RuleStats {
  */
 export class Pipeline {
   readonly stats = new Map<string, RuleStats>();
+  private readonly connections = new Map<string, Connection>();
 
   constructor(
     private readonly detector: Detector,
@@ -27,10 +42,35 @@ export class Pipeline {
   statsFor(rule: string): RuleStats {
     let s = this.stats.get(rule);
     if (!s) {
-      s = { lines: 0, matched: 0, successes: 0, bans: 0 };
+      s = { lines: 0, matched: 0, successes: 0, repeats: 0, bans: 0 };
       this.stats.set(rule, s);
     }
     return s;
+  }
+
+  /**
+   * Counts login attempts, not log lines. One failed attempt makes sshd write several lines from the same process
+   * (`Invalid user x`, `Failed password for invalid user x`, `Connection closed by invalid user x ... [preauth]`):
+   * counted per line, two typos would ban a user. Within one connection (rule, address, logging process) a match
+   * counts only when its pattern has now matched more often than any pattern had before: one attempt counts once,
+   * three `Failed password` lines in one connection count three, a scanner's `Invalid user` + `Connection closed`
+   * counts one. Lines without a process id (PyFilter's patterns, `sshd -E` logs) count one each, as in PyFilter.
+   */
+  private repeat(rule: string, ip: string, pid: number, pattern: number, time: number): boolean {
+    const key = `${rule}\0${ip}\0${pid}`;
+    let c = this.connections.get(key);
+    if (c !== undefined && Math.abs(time - c.last) > CONNECTION_TTL_MS) c = undefined; // a reused pid
+    if (c === undefined) {
+      c = { perPattern: new Map(), counted: 0, last: time };
+      if (this.connections.size >= MAX_CONNECTIONS) this.connections.delete(this.connections.keys().next().value as string);
+    } else this.connections.delete(key); // re-inserted below: the Map's order is least recently used first
+    this.connections.set(key, c);
+    c.last = time;
+    const n = (c.perPattern.get(pattern) ?? 0) + 1;
+    c.perPattern.set(pattern, n);
+    if (n <= c.counted) return true;
+    c.counted = n;
+    return false;
   }
 
   /** Runs a batch of lines through one rule. `now` is the arrival time of the batch (ms). */
@@ -43,7 +83,13 @@ export class Pipeline {
       // A time far in the future (a misparsed or forged timestamp) would age every other counter out at once.
       if (m.time > now + MAX_FUTURE_MS) m.time = now;
       if (m.kind === 'success') st.successes++;
-      else st.matched++;
+      else {
+        st.matched++;
+        if (m.kind === 'failure' && m.pid !== undefined && this.repeat(m.rule, m.ip, m.pid, m.pattern, m.time)) {
+          st.repeats++;
+          continue;
+        }
+      }
       const d = this.detector.observe(m);
       if (d !== null && this.onDecision(d)) st.bans++;
     }

@@ -28,7 +28,7 @@ test('tsfilter status: uptime, sources and positions, lines per rule, tracked ad
     }, 20_000, 'all 7 lines read');
     assert.equal(s.pid, d.child.pid);
     assert.ok(s.uptime_s >= 0 && Date.parse(s.started) <= Date.now());
-    assert.deepEqual(s.rules, [{ name: 'ssh', lines: 7, matched: 6, successes: 0, bans: 1 }]);
+    assert.deepEqual(s.rules, [{ name: 'ssh', lines: 7, matched: 6, successes: 0, repeats: 0, bans: 1 }]);
     assert.equal(s.active_bans, 1);
     assert.equal(s.tracked_ips, 1, 'the banned address is forgotten, the other one tracked');
     assert.equal(s.sources.length, 1);

@@ -176,12 +176,14 @@ export function compileRule(cfg: RuleConfig, opts: CompileOptions): RuleMatcher 
     let timeStr: string | undefined;
     let statusStr: string | undefined;
     let user: string | undefined;
+    let pidStr: string | undefined;
     if (p.named) {
       const g = m.groups!;
       host = g['host'];
       timeStr = g['time'];
       statusStr = g['status'];
       user = g['user'];
+      pidStr = g['pid'];
     } else {
       host = m[p.hostGroup];
       timeStr = p.timeGroup ? m[p.timeGroup] : undefined;
@@ -208,6 +210,8 @@ export function compileRule(cfg: RuleConfig, opts: CompileOptions): RuleMatcher 
     const match: Match = { ip, time, rule: name, kind: p.kind, line: line.text, pattern: p.index };
     if (status !== undefined) match.status = status;
     if (user !== undefined) match.user = user;
+    if (pidStr !== undefined && pidStr !== '') match.pid = Number(pidStr);
+    else if (line.pid !== undefined) match.pid = line.pid;
     return match;
   }
 

@@ -16,6 +16,8 @@ export interface Match {
   line: string;
   /** Index of the pattern that matched, within the rule's failure or success list. */
   pattern: number;
+  /** The logging process (a `(?<pid>)` capture, or the journal's _PID): one sshd process is one connection. */
+  pid?: number;
 }
 
 export type WarnFn = (msg: string, fields?: Record<string, unknown>) => void;

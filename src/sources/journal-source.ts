@@ -113,9 +113,11 @@ export function createJournalSource(opts: JournalSourceOptions): Source {
     const message = fieldText(entry.MESSAGE);
     if (message === undefined) return; // no MESSAGE, or too large (null): nothing for a rule to match
     const ts = Number(fieldText(entry.__REALTIME_TIMESTAMP));
+    const pid = Number(fieldText(entry._PID));
     for (const text of messageLines(message)) {
       const line: SourceLine = { text, source: key };
       if (Number.isFinite(ts) && ts > 0) line.time = ts / 1000;
+      if (Number.isInteger(pid) && pid > 0) line.pid = pid;
       out.push(line);
     }
   }

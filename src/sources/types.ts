@@ -9,6 +9,8 @@ export interface SourceLine {
    * Absent for file lines: the rule's time capture is used, or the arrival time.
    */
   time?: number;
+  /** The logging process, when the source knows it (the journal's _PID). */
+  pid?: number;
 }
 
 /** Where a source stopped reading, persisted so that a restart resumes instead of re-reading. */
