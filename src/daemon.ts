@@ -21,9 +21,11 @@ import { Pipeline } from './pipeline.ts';
 import { createFileSource } from './sources/file-source.ts';
 import { createJournalSource } from './sources/journal-source.ts';
 import type { Position, PositionStore, Source, SourceLine } from './sources/types.ts';
-import { claimSocketPath, startControlServer, type ControlServer, type Handler } from './api/control-server.ts';
+import { startControlServer, type ControlServer, type Handler } from './api/control-server.ts';
 import { toListed } from './api/protocol.ts';
 import type { Logger } from './util/logger.ts';
+import { normalizeIp } from './detect/ip.ts';
+import { PidFile } from './util/pidfile.ts';
 
 const EXPIRY_INTERVAL_MS = 1000;
 const COUNTER_FLUSH_INTERVAL_MS = 2000;
@@ -122,8 +124,32 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
         'run as root or point data_dir at a writable directory',
     );
   }
-  // Another daemon answering on our socket: refuse before touching the store or the firewall.
-  await claimSocketPath(initial.controlSocket);
+  // Another daemon on this data directory or answering on our socket: refuse before touching the store or firewall.
+  const pidFile = PidFile.acquire(path.join(initial.dataDir, 'tsfilter.pid'));
+  // The control socket listens from the start, answering once the daemon is up: a `tsfilter unban` during start-up
+  // must reach this daemon, not edit the store behind a reconcile that already ran.
+  let handleWhenUp: Handler | null = null;
+  let up!: () => void;
+  let startFailed!: (e: unknown) => void;
+  const upP = new Promise<void>((res, rej) => {
+    up = res;
+    startFailed = rej;
+  });
+  upP.catch(() => {});
+  let control: ControlServer | null = null;
+  try {
+    control = await startControlServer(
+      initial.controlSocket,
+      async (req) => {
+        await upP;
+        return handleWhenUp!(req);
+      },
+      logger,
+    );
+  } catch (e) {
+    pidFile.release();
+    throw e;
+  }
   if (initial.database === 'redis') {
     logger.warn('settings.database is "redis" but fleet sync over Redis is not available yet: using the local SQLite store only', {
       store: initial.sqlitePath,
@@ -133,11 +159,18 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
   const startedAt = Date.now();
 
   // A short busy timeout: while another program holds the write lock, each attempt blocks the event loop this long.
-  const store = openSqliteStore(initial.sqlitePath, { server: initial.serverName, busyTimeoutMs: STORE_BUSY_TIMEOUT_MS });
+  let store: ReturnType<typeof openSqliteStore>;
+  try {
+    store = openSqliteStore(initial.sqlitePath, { server: initial.serverName, busyTimeoutMs: STORE_BUSY_TIMEOUT_MS });
+  } catch (e) {
+    startFailed(new Error('the daemon failed to start'));
+    await control?.close().catch(() => {});
+    pidFile.release();
+    throw e;
+  }
   const sources: Source[] = [];
   const timers: NodeJS.Timeout[] = [];
   const enforcers: Enforcer[] = [];
-  let control: ControlServer | null = null;
   const guard = NeverBan.create(initial.ignoredIps, initial.protectSessions, logger);
   let stopping = false;
   const cleanup = async () => {
@@ -362,6 +395,13 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
           const st = pipeline.stats.get(r.name);
           if (st) nextPipeline.stats.set(r.name, st);
         }
+        // Active bans the old ignore list kept out of the firewall: those no longer ignored go back in below.
+        const wasGuarded = new Set(
+          store
+            .activeBans(Date.now())
+            .map((r) => normalizeIp(r.ip))
+            .filter((ip): ip is string => ip !== null && guard.has(ip)),
+        );
         guard.reconfigure(next.ignoredIps, protector);
         detector = nextDetector;
         pipeline = nextPipeline;
@@ -373,14 +413,20 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
           banTimeMax: next.banTimeMax,
         });
         // Addresses now ignored or protected are lifted from the firewall, as a restart would (their bans stay in
-        // the store and come back if the entry is removed again).
+        // the store and come back when the entry is removed again).
         const lift = store
           .activeBans(Date.now())
           .map((r) => r.ip)
           .filter((ip) => guard.has(ip));
         if (lift.length > 0) {
           logger.info('lifting bans of addresses that are now ignored or protected', { count: lift.length });
-          for (const e of enforcers) await e.unban(lift).catch((err) => logger.error('lifting bans failed', { enforcer: e.name, error: err }));
+          await bans.lift(lift.map((ip) => normalizeIp(ip) ?? ip));
+        }
+        // And the other way round: bans of addresses no longer ignored are enforced again, as a restart would.
+        const back = bans.enforceable().filter((b) => wasGuarded.has(b.ip));
+        if (back.length > 0) {
+          logger.info('enforcing again the bans of addresses no longer ignored', { count: back.length });
+          await bans.enforce(back);
         }
         try {
           await startSources(cur.rules);
@@ -416,7 +462,8 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
           return { status: status() };
       }
     };
-    control = await startControlServer(initial.controlSocket, handle, logger);
+    handleWhenUp = handle;
+    up();
 
     return {
       store,
@@ -444,12 +491,15 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
         for (const e of enforcers) await e.stop();
         guard.stop();
         store.close();
+        pidFile.release();
         logger.info('stopped');
       },
     };
   } catch (e) {
+    startFailed(new Error('the daemon failed to start'));
     await cleanup();
     store.close();
+    pidFile.release();
     throw e;
   }
 }

@@ -173,3 +173,54 @@ test('protected addresses: SSH sessions and SSH_CLIENT are never banned, by the 
   store.close();
   void silentLogger;
 });
+
+test('a queued retry never overwrites a newer ban: a permanent ban stays permanent in the firewall', async () => {
+  const { e, bans, tick } = setup();
+  e.failing = true;
+  await bans.manualBan('192.0.2.50', 600); // stored; the firewall change fails and is queued
+  e.failing = false;
+  await bans.manualBan('192.0.2.50', null); // replaced by a permanent ban, applied at once
+  assert.equal(e.set.get('192.0.2.50')?.expiresAt, null);
+  tick(RETRY_MAX_MS);
+  await bans.retry();
+  assert.equal(e.set.get('192.0.2.50')?.expiresAt, null, 'the retry re-applied the old 10-minute ban');
+});
+
+test('a queued retry never bans an address that became ignored meanwhile', async () => {
+  const ignored = new Set<string>();
+  const { e, bans, tick } = setup({ has: (ip) => ignored.has(ip) });
+  e.failing = true;
+  await bans.manualBan('192.0.2.60', 3600);
+  ignored.add('192.0.2.60'); // SIGHUP with the address added to ignored_ips
+  e.failing = false;
+  tick(RETRY_MAX_MS);
+  await bans.retry();
+  assert.equal(e.set.has('192.0.2.60'), false);
+});
+
+test('a lift that fails is retried', async () => {
+  const { e, bans, tick } = setup();
+  await bans.manualBan('192.0.2.61', 3600);
+  e.failing = true;
+  assert.equal(await bans.lift(['192.0.2.61']), false);
+  e.failing = false;
+  tick(RETRY_MAX_MS);
+  await bans.retry();
+  assert.equal(e.set.has('192.0.2.61'), false);
+});
+
+test('an unban between a decision and its commit is not undone by the commit', async () => {
+  const { store, e, bans, now } = setup();
+  const d = bans.decide({ ip: '192.0.2.70', rule: 'ssh', time: now(), failures: 5, instant: false, lines: [] });
+  assert.ok(d);
+  bans.enforceEarly();
+  await new Promise((r) => setImmediate(r));
+  assert.ok(e.set.has('192.0.2.70'), 'enforced early');
+  const r = await bans.unban('192.0.2.70');
+  assert.equal(r.removed, true);
+  store.transaction(() => bans.writePending());
+  bans.committed();
+  await bans.flush();
+  assert.equal(store.activeBan('192.0.2.70', now()), undefined, 'the commit stored the unbanned ban again');
+  assert.equal(e.set.has('192.0.2.70'), false);
+});

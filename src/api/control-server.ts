@@ -40,7 +40,8 @@ export function probeSocket(p: string, timeoutMs = 1000): Promise<'answers' | 'r
     });
     c.once('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(t);
-      resolve(e.code === 'ENOENT' ? 'absent' : 'refused');
+      // Only ECONNREFUSED proves nobody listens; EAGAIN (a full backlog) and the like mean a live, busy daemon.
+      resolve(e.code === 'ENOENT' ? 'absent' : e.code === 'ECONNREFUSED' ? 'refused' : 'answers');
     });
   });
 }

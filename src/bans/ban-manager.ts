@@ -223,6 +223,9 @@ export class BanManager {
       if (q) for (const b of batch) q.unbans.delete(b.ip);
       try {
         await e.ban(batch);
+        // What was queued for these addresses is older than what was just applied (a newer expiry, say).
+        const after = this.failed.get(e);
+        if (after) for (const b of batch) after.bans.delete(b.ip);
       } catch (err) {
         ok = false;
         this.enqueue(e, err, batch, []);
@@ -238,12 +241,24 @@ export class BanManager {
       if (q) for (const ip of ips) q.bans.delete(ip);
       try {
         await e.unban(ips);
+        const after = this.failed.get(e);
+        if (after) for (const ip of ips) after.unbans.delete(ip);
       } catch (err) {
         ok = false;
         this.enqueue(e, err, [], ips);
       }
     }
     return ok;
+  }
+
+  /** Puts bans into the firewall (e.g. of addresses no longer ignored); a failure is queued and retried. */
+  enforce(batch: Enforcement[]): Promise<boolean> {
+    return this.applyBans(batch);
+  }
+
+  /** Lifts addresses from the firewall (their bans stay in the store); a failure is queued and retried. */
+  lift(ips: string[]): Promise<boolean> {
+    return this.applyUnbans(ips);
   }
 
   private enqueue(e: Enforcer, err: unknown, bans: Enforcement[], unbans: string[]): void {
@@ -284,7 +299,14 @@ export class BanManager {
       let allOk = true;
       const now = this.now();
       for (const [e, q] of [...this.failed]) {
-        const bans = [...q.bans.values()].filter((b) => (b.expiresAt === null || b.expiresAt > now) && this.o.store.activeBan(b.ip, now) !== undefined);
+        // Rebuilt from the store's current ban, not the queued snapshot: the ban may have been replaced (a longer or
+        // permanent one) or ended meanwhile, or the address may be ignored or protected now.
+        const bans: Enforcement[] = [];
+        for (const ip of q.bans.keys()) {
+          const cur = this.o.store.activeBan(ip, now);
+          if (cur === undefined || this.o.ignore.has(ip)) continue;
+          bans.push({ ip, expiresAt: cur.expiresAt, rule: cur.rule });
+        }
         const unbans = [...q.unbans];
         q.bans.clear();
         q.unbans.clear();
@@ -390,12 +412,14 @@ export class BanManager {
     const ip = normalizeIp(ipText);
     if (ip === null) throw new BanRefused(`${JSON.stringify(ipText.slice(0, 100))} is not an IP address`);
     const removed = this.o.store.removeBan(ip, this.now(), reason);
-    this.uncommitted = this.uncommitted.filter((d) => d.record.ip !== ip);
+    // A ban decided but not yet stored (its commit comes on the next turn of the event loop, or after a failed one)
+    // is dropped too, or the commit would store it again after the operator was told it was lifted.
+    const notYetStored = this.dropUnstored((x) => x === ip).length > 0;
     this.o.forget?.(ip);
     let enforced = true;
     // An element without a ban in the store is still lifted from our own sets (a ban that ended while its removal
     // failed); without a ban and without a way to list elements, there is nothing to lift.
-    let inFirewall = removed;
+    let inFirewall = removed || notYetStored;
     if (!removed) {
       for (const e of this.o.enforcers) {
         if (!e.elements) continue;
@@ -411,6 +435,22 @@ export class BanManager {
     return { ip, removed: removed || inFirewall, enforced };
   }
 
+  /** Drops decided-but-unstored bans of the addresses `which` selects; returns their addresses. */
+  private dropUnstored(which: (ip: string) => boolean): string[] {
+    const out: string[] = [];
+    const keep = (list: Decided[]) =>
+      list.filter((d) => {
+        if (!which(d.record.ip)) return true;
+        out.push(d.record.ip);
+        this.pendingIps.delete(d.record.ip);
+        return false;
+      });
+    this.pending = keep(this.pending);
+    this.written = keep(this.written);
+    this.uncommitted = keep(this.uncommitted);
+    return out;
+  }
+
   /** Lifts every active ban. Returns the addresses. */
   async unbanAll(reason = 'unbanned with tsfilter unban --all'): Promise<{ ips: string[]; enforced: boolean }> {
     const now = this.now();
@@ -419,7 +459,7 @@ export class BanManager {
       for (const b of this.o.store.activeBans(now)) if (this.o.store.removeBan(b.ip, now, reason)) out.push(b.ip);
       return out;
     });
-    this.uncommitted = [];
+    for (const ip of this.dropUnstored(() => true)) if (!ips.includes(ip)) ips.push(ip);
     for (const ip of ips) this.o.forget?.(ip);
     const normal = ips.map((ip) => normalizeIp(ip)).filter((ip): ip is string => ip !== null);
     const enforced = normal.length === 0 ? true : await this.applyUnbans(normal);

@@ -33,6 +33,7 @@ export function buildProgram(): Command {
     .option('-c, --config <file>', 'config file (default: $TSFILTER_CONFIG, /etc/tsfilter/config.json, or the bundled defaults)')
     .addHelpText('after', '\nExample:\n  sudo tsfilter run --config /etc/tsfilter/config.json\n')
     .action(async (o: { config?: string }) => {
+      daemonRunning = true;
       const file = resolveConfigPath(o.config);
       const config = loadConfigFile(file);
       const logger = createLogger();
@@ -195,11 +196,15 @@ export function buildProgram(): Command {
   return program;
 }
 
+/** Set by `run`: the daemon keeps going when its stdout breaks. */
+let daemonRunning = false;
+
 export async function main(argv: string[]): Promise<number> {
-  // `tsfilter replay ... | head` closes our stdout early: that is the reader's choice, not an error.
+  // `tsfilter replay ... | head` closes our stdout early: that is the reader's choice, not an error. The daemon is
+  // different: a broken log pipe (a dead log shipper) must not stop the protection, so it only loses those lines.
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-    if (e.code === 'EPIPE') process.exit(0);
-    throw e;
+    if (e.code !== 'EPIPE') throw e;
+    if (!daemonRunning) process.exit(0);
   });
   const program = buildProgram();
   try {

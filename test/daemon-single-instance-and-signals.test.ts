@@ -1,0 +1,85 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { DaemonProcess, sshConfig, until } from './helpers/daemon.ts';
+import { failed } from './helpers/syslog.ts';
+import { runCli } from './helpers/cli.ts';
+import { openSqliteStore } from '../src/store/sqlite-store.ts';
+
+test('a second daemon on the same data directory is refused, even with another control socket', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'tsf-one-'));
+  const log = path.join(dir, 'auth.log');
+  writeFileSync(log, '');
+  const cfg = sshConfig(dir, log);
+  const d = new DaemonProcess(cfg);
+  try {
+    await d.waitFor(/msg=started/);
+    const c = JSON.parse(readFileSync(cfg, 'utf8'));
+    c.settings.control_socket = path.join(dir, 'other.sock');
+    const other = path.join(dir, 'other.json');
+    writeFileSync(other, JSON.stringify(c));
+    const r = runCli(['run', '--config', other]);
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    assert.match(r.stderr, /another tsfilter daemon \(pid \d+\) is already using this data directory/);
+    assert.equal(d.child.exitCode, null, 'the first daemon is untouched');
+  } finally {
+    await d.stop('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the daemon keeps protecting when its stdout pipe breaks (a dead log shipper)', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'tsf-epipe-'));
+  const log = path.join(dir, 'auth.log');
+  writeFileSync(log, '');
+  const d = new DaemonProcess(sshConfig(dir, log));
+  try {
+    await d.waitFor(/msg=started/);
+    d.child.stdout!.destroy();
+    const t = Date.now();
+    for (let i = 0; i < 5; i++) appendFileSync(log, failed(t + i, '192.0.2.91'));
+    const banned = () => {
+      const s = openSqliteStore(path.join(dir, 'tsfilter.db'), { readonly: true });
+      try {
+        return s.activeBans(Date.now()).some((b) => b.ip === '192.0.2.91');
+      } finally {
+        s.close();
+      }
+    };
+    await until(banned, 20_000, 'the ban to be stored');
+    assert.equal(d.child.exitCode, null, 'still running');
+  } finally {
+    await d.stop('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('SIGHUP: a ban lifted because its address became ignored is enforced again when the entry is removed', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'tsf-hup2-'));
+  const log = path.join(dir, 'auth.log');
+  writeFileSync(log, '');
+  const cfg = sshConfig(dir, log);
+  const d = new DaemonProcess(cfg);
+  try {
+    await d.waitFor(/msg=started/);
+    const b = runCli(['ban', '203.0.113.62', '--duration', '1h', '--config', cfg]);
+    assert.equal(b.code, 0, b.stderr);
+    await d.waitFor(/would block" ip=203\.0\.113\.62 /);
+    const c = JSON.parse(readFileSync(cfg, 'utf8'));
+    const original = [...c.settings.ignored_ips];
+    c.settings.ignored_ips = [...original, '203.0.113.62'];
+    writeFileSync(cfg, JSON.stringify(c));
+    d.child.kill('SIGHUP');
+    await d.waitFor(/would unblock" ip=203\.0\.113\.62/);
+    const mark = d.out.length;
+    c.settings.ignored_ips = original;
+    writeFileSync(cfg, JSON.stringify(c));
+    d.child.kill('SIGHUP');
+    await until(() => /would block" ip=203\.0\.113\.62 /.test(d.out.slice(mark)), 20_000, 'the ban to be enforced again');
+  } finally {
+    await d.stop('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
