@@ -18,9 +18,15 @@ export interface RuleStats {
 const MAX_CONNECTIONS = 20_000;
 const CONNECTION_TTL_MS = 10 * 60_000;
 
+interface Connections {
+  current: Map<number, Connection>;
+  older: Map<number, Connection>;
+}
+
 interface Connection {
+  ip: string;
   /** Matches per pattern index within this connection. */
-  perPattern: Map<number, number>;
+  perPattern: number[];
   /** Failures counted for this connection so far. */
   counted: number;
   last: number;
@@ -32,7 +38,8 @@ interface Connection {
  */
 export class Pipeline {
   readonly stats = new Map<string, RuleStats>();
-  private readonly connections = new Map<string, Connection>();
+  /** Per rule: connections by the logging process's id. */
+  private readonly connections = new Map<string, Connections>();
 
   constructor(
     private readonly detector: Detector,
@@ -56,18 +63,28 @@ export class Pipeline {
    * three `Failed password` lines in one connection count three, a scanner's `Invalid user` + `Connection closed`
    * counts one. Lines without a process id (PyFilter's patterns, `sshd -E` logs) count one each, as in PyFilter.
    */
-  private repeat(rule: string, ip: string, pid: number, pattern: number, time: number): boolean {
-    const key = `${rule}\0${ip}\0${pid}`;
-    let c = this.connections.get(key);
-    if (c !== undefined && Math.abs(time - c.last) > CONNECTION_TTL_MS) c = undefined; // a reused pid
+  private repeat(conns: Connections, ip: string, pid: number, pattern: number, time: number): boolean {
+    let c = conns.current.get(pid);
     if (c === undefined) {
-      c = { perPattern: new Map(), counted: 0, last: time };
-      if (this.connections.size >= MAX_CONNECTIONS) this.connections.delete(this.connections.keys().next().value as string);
-    } else this.connections.delete(key); // re-inserted below: the Map's order is least recently used first
-    this.connections.set(key, c);
+      c = conns.older.get(pid);
+      if (c !== undefined) conns.current.set(pid, c);
+    }
+    // Another address, or long after: the pid was reused by a new connection.
+    if (c !== undefined && (c.ip !== ip || Math.abs(time - c.last) > CONNECTION_TTL_MS)) c = undefined;
+    if (c === undefined) {
+      // Two generations instead of an LRU list: when the current one is full it becomes the older one and the
+      // oldest is dropped, so memory stays bounded with O(1) work per line (evicting from the head of a Map that
+      // keeps deleting and re-inserting costs a scan over its deleted slots).
+      if (conns.current.size >= MAX_CONNECTIONS / 2) {
+        conns.older = conns.current;
+        conns.current = new Map();
+      }
+      c = { ip, perPattern: [], counted: 0, last: time };
+      conns.current.set(pid, c);
+    }
     c.last = time;
-    const n = (c.perPattern.get(pattern) ?? 0) + 1;
-    c.perPattern.set(pattern, n);
+    const n = (c.perPattern[pattern] ?? 0) + 1;
+    c.perPattern[pattern] = n;
     if (n <= c.counted) return true;
     c.counted = n;
     return false;
@@ -77,6 +94,11 @@ export class Pipeline {
   process(matcher: RuleMatcher, lines: readonly SourceLine[], now: number): void {
     const st = this.statsFor(matcher.name);
     st.lines += lines.length;
+    let conns = this.connections.get(matcher.name);
+    if (conns === undefined) {
+      conns = { current: new Map(), older: new Map() };
+      this.connections.set(matcher.name, conns);
+    }
     for (let i = 0; i < lines.length; i++) {
       const m = matcher.match(lines[i]!, now);
       if (m === null) continue;
@@ -85,7 +107,7 @@ export class Pipeline {
       if (m.kind === 'success') st.successes++;
       else {
         st.matched++;
-        if (m.kind === 'failure' && m.pid !== undefined && this.repeat(m.rule, m.ip, m.pid, m.pattern, m.time)) {
+        if (m.kind === 'failure' && m.pid !== undefined && this.repeat(conns, m.ip, m.pid, m.pattern, m.time)) {
           st.repeats++;
           continue;
         }
