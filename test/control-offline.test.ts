@@ -61,7 +61,7 @@ test('with the daemon stopped, ban/unban/list work on the store, say so, and the
 
     // Start: the offline bans are enforced, the offline unban is not.
     d = new DaemonProcess(cfg);
-    await d.waitFor(/msg="control socket listening"/);
+    await d.waitFor(/msg=started/);
     assert.match(d.out, /would block" ip=198\.51\.100\.1 rule=manual/);
     assert.match(d.out, /would block" ip=198\.51\.100\.3 rule=manual/);
     assert.doesNotMatch(d.out, /would block" ip=198\.51\.100\.2 /);
