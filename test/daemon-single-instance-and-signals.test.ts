@@ -3,10 +3,9 @@ import assert from 'node:assert/strict';
 import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { DaemonProcess, sshConfig, until } from './helpers/daemon.ts';
+import { DaemonProcess, isBanned, sshConfig, until } from './helpers/daemon.ts';
 import { failed } from './helpers/syslog.ts';
 import { runCli } from './helpers/cli.ts';
-import { openSqliteStore } from '../src/store/sqlite-store.ts';
 
 test('a second daemon on the same data directory is refused, even with another control socket', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'tsf-one-'));
@@ -40,14 +39,7 @@ test('the daemon keeps protecting when its stdout pipe breaks (a dead log shippe
     d.child.stdout!.destroy();
     const t = Date.now();
     for (let i = 0; i < 5; i++) appendFileSync(log, failed(t + i, '192.0.2.91'));
-    const banned = () => {
-      const s = openSqliteStore(path.join(dir, 'tsfilter.db'), { readonly: true });
-      try {
-        return s.activeBans(Date.now()).some((b) => b.ip === '192.0.2.91');
-      } finally {
-        s.close();
-      }
-    };
+    const banned = () => isBanned(path.join(dir, 'tsfilter.db'), '192.0.2.91');
     await until(banned, 20_000, 'the ban to be stored');
     assert.equal(d.child.exitCode, null, 'still running');
   } finally {

@@ -4,9 +4,8 @@ import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { DaemonProcess, sshConfig, until } from './helpers/daemon.ts';
+import { DaemonProcess, isBanned, sshConfig, until } from './helpers/daemon.ts';
 import { failed } from './helpers/syslog.ts';
-import { openSqliteStore } from '../src/store/sqlite-store.ts';
 import { runCli } from './helpers/cli.ts';
 
 test('a store locked by another program delays a ban but never loses it, and the daemon keeps running', async () => {
@@ -27,14 +26,7 @@ test('a store locked by another program delays a ban but never loses it, and the
     // The attack is real: the ban is enforced even before it could be stored.
     await d.waitFor(/msg="dry-run: would block" ip=192\.0\.2\.77 /, 30_000);
     other.exec('COMMIT');
-    const stored = () => {
-      const s = openSqliteStore(dbFile, { readonly: true });
-      try {
-        return s.activeBans(Date.now()).some((b) => b.ip === '192.0.2.77');
-      } finally {
-        s.close();
-      }
-    };
+    const stored = () => isBanned(dbFile, '192.0.2.77');
     await until(stored, 30_000, 'the delayed ban to be stored');
     assert.equal(d.child.exitCode, null, 'the daemon is still running');
     assert.equal(await d.stop('SIGTERM'), 0, d.err);

@@ -10,14 +10,8 @@ import { readLines } from '../sources/read-lines.ts';
 import { silentLogger, type Logger } from '../util/logger.ts';
 import type { BanDecision } from '../detect/types.ts';
 
-export interface ReplayBan {
-  ip: string;
-  rule: string;
-  time: number;
-  failures: number;
-  instant: boolean;
-  lines: string[];
-}
+/** A ban the replay would make: the detector's decision that the ban manager accepted. */
+export type ReplayBan = BanDecision;
 
 export interface ReplayResult {
   bans: ReplayBan[];
@@ -60,9 +54,8 @@ export function replay(
   const bans: ReplayBan[] = [];
   const pipeline = new Pipeline(detector, (d: BanDecision) => {
     if (!bansMgr.decide(d)) return false;
-    const b: ReplayBan = { ip: d.ip, rule: d.rule, time: d.time, failures: d.failures, instant: d.instant, lines: d.lines };
-    bans.push(b);
-    opts.onBan?.(b);
+    bans.push(d);
+    opts.onBan?.(d);
     return true;
   });
   let lines = 0;

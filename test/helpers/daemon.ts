@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { CLI, REPO } from './cli.ts';
+import { openSqliteStore } from '../../src/store/sqlite-store.ts';
 
 /** Our default config, with the SSH rule pointed at `logFile` and all state under `dataDir`. */
 export function sshConfig(dataDir: string, logFile: string, overrides: Record<string, unknown> = {}, ruleOverrides: Record<string, unknown> = {}): string {
@@ -66,5 +67,15 @@ export async function until(cond: () => boolean, ms = 20_000, what = 'condition'
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** Whether the store at `dbFile` holds an active ban of `ip` (opened read-only, so a running daemon can keep it). */
+export function isBanned(dbFile: string, ip: string): boolean {
+  const s = openSqliteStore(dbFile, { readonly: true });
+  try {
+    return s.activeBans(Date.now()).some((b) => b.ip === ip);
+  } finally {
+    s.close();
   }
 }
