@@ -344,6 +344,8 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
     // When the logs are quiet nothing moves the detector's clock: forget idle addresses by the wall clock too.
     every(SWEEP_INTERVAL_MS, 'forgetting idle addresses', () => detector.sweep(Date.now()));
     every(RETRY_TICK_MS, 'retrying firewall changes', () => bans.retry());
+    // The watcher checks the table's structure every few seconds; this compares its contents with the store.
+    every(initial.nftables.verifyInterval * 1000, 'verifying the firewall', () => bans.verify());
 
     let reloads = 0;
     let lastReload: string | null = null;

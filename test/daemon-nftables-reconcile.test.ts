@@ -7,7 +7,7 @@ import { NetnsLab, requireNetns } from './helpers/netns.ts';
 import { sshConfig, until } from './helpers/daemon.ts';
 import { CLI, REPO, runCli } from './helpers/cli.ts';
 
-test('nftables: manual bans reach the sets, a flushed ruleset is restored, an offline unban is applied at start, foreign elements stay', { timeout: 120_000 }, async (t) => {
+test('nftables: manual bans reach the sets, a flushed ruleset or set is restored, an offline unban is applied at start, foreign elements stay', { timeout: 120_000 }, async (t) => {
   if (!requireNetns(t)) return;
   const lab = new NetnsLab('ctl-nft');
   const dir = mkdtempSync(path.join(tmpdir(), 'tsf-nftctl-'));
@@ -17,7 +17,7 @@ test('nftables: manual bans reach the sets, a flushed ruleset is restored, an of
     writeFileSync(log, '');
     const cfg = sshConfig(dir, log, { firewall: 'nftables' });
     const c = JSON.parse(readFileSync(cfg, 'utf8'));
-    c.settings.nftables = { check_interval: 1 };
+    c.settings.nftables = { check_interval: 1, verify_interval: 1 };
     writeFileSync(cfg, JSON.stringify(c));
     const cli = (...a: string[]) => runCli([...a, '--config', cfg]);
     const set = async (name: string) => (await lab.run(ns, ['nft', 'list', 'set', 'inet', 'tsfilter', name])).stdout;
@@ -42,6 +42,11 @@ test('nftables: manual bans reach the sets, a flushed ruleset is restored, an of
     await until(() => /bans re-applied.*count=2/.test(d.out()), 15_000, 're-applied');
     assert.match(await set('banned4'), /198\.51\.100\.7/);
     assert.match(await set('banned6'), /2001:db8::7/);
+    // Only the set's contents flushed (the table's structure is intact): put back by the periodic verification.
+    const mark = d.out().length;
+    await lab.run(ns, ['nft', 'flush', 'set', 'inet', 'tsfilter', 'banned4']);
+    await until(() => /bans were missing from the firewall; put back/.test(d.out().slice(mark)), 15_000, 'verified');
+    assert.match(await set('banned4'), /198\.51\.100\.7/);
     const st = JSON.parse(cli('status', '--json').stdout);
     assert.equal(st.enforcers[0].name, 'nftables');
     assert.equal(st.enforcers[0].ok, true);

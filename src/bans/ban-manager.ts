@@ -492,21 +492,39 @@ export class BanManager {
    * The active bans of the store that may be enforced: valid addresses, never an ignored one. An address that was
    * banned and later added to ignored_ips is left out, so adding yourself there and restarting gets you back in.
    */
-  enforceable(): Enforcement[] {
+  enforceable(opts: { quiet?: boolean } = {}): Enforcement[] {
     const out: Enforcement[] = [];
     for (const b of this.o.store.activeBans(this.now())) {
       const ip = normalizeIp(b.ip);
       if (ip === null) {
-        this.o.logger.warn('active ban is not an IP address; not enforced', { value: b.ip.slice(0, 100), rule: b.rule });
+        if (!opts.quiet) this.o.logger.warn('active ban is not an IP address; not enforced', { value: b.ip.slice(0, 100), rule: b.rule });
         continue;
       }
       if (this.o.ignore.has(ip)) {
-        this.o.logger.warn('active ban of an ignored address is not enforced', { ip, rule: b.rule });
+        if (!opts.quiet) this.o.logger.warn('active ban of an ignored address is not enforced', { ip, rule: b.rule });
         continue;
       }
       out.push({ ip, expiresAt: b.expiresAt, rule: b.rule });
     }
     return out;
+  }
+
+  /**
+   * While running: puts back elements that went missing behind our back (an admin's `nft flush set`, a deleted
+   * element) and corrects their times. Only adds; never removes anything. Returns what it changed.
+   */
+  async verify(): Promise<{ added: number; retimed: number }> {
+    let added = 0;
+    let retimed = 0;
+    const active = this.enforceable({ quiet: true });
+    for (const e of this.o.enforcers) {
+      if (!e.reconcile) continue;
+      const r = (await e.reconcile(active)) as { added?: number; retimed?: number } | undefined;
+      added += r?.added ?? 0;
+      retimed += r?.retimed ?? 0;
+    }
+    if (added > 0) this.o.logger.warn('bans were missing from the firewall; put back', { added, retimed });
+    return { added, retimed };
   }
 
   /**

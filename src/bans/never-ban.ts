@@ -114,7 +114,9 @@ export class NeverBan {
     if (!unverified && ports.length === 0) return; // sessions not protected at all (protect_sessions off)
     this.warnedFallback = true;
     this.logger.warn(
-      "protect_sessions: sshd's processes cannot be inspected (not root, or /proc mounted with hidepid), so current SSH sessions cannot be told from attackers and are NOT protected; add your address to ignored_ips",
+      process.getuid?.() === 0
+        ? "protect_sessions: no sshd process is visible (sshd not running here, or /proc mounted with hidepid), so SSH sessions cannot be told from attackers and are NOT protected; add your address to ignored_ips"
+        : "protect_sessions: sshd's processes cannot be inspected (not running as root), so SSH sessions cannot be told from attackers and are NOT protected; add your address to ignored_ips",
       { ports: ports.join(',') },
     );
   }

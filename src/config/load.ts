@@ -57,7 +57,7 @@ export interface Config {
   banTimeMax: number;
   protectSessions: boolean;
   controlSocket: string;
-  nftables: { nft: string; checkInterval: number; priority: number };
+  nftables: { nft: string; checkInterval: number; priority: number; verifyInterval: number };
   ignoredIps: string[];
   useDns: boolean;
   reloadIptables: boolean;
@@ -177,7 +177,7 @@ export function parseConfig(json: unknown, file: string, opts: { cwd?: string } 
     banTimeMax: s.ban_time_max,
     protectSessions: s.protect_sessions,
     controlSocket: path.resolve(cwd, s.control_socket),
-    nftables: { nft: s.nftables.nft, checkInterval: s.nftables.check_interval, priority: s.nftables.priority },
+    nftables: { nft: s.nftables.nft, checkInterval: s.nftables.check_interval, priority: s.nftables.priority, verifyInterval: s.nftables.verify_interval },
     ignoredIps: s.ignored_ips,
     useDns: s.use_dns,
     reloadIptables: s.reload_iptables,

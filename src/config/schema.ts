@@ -154,8 +154,11 @@ export const settingsSchema = z.strictObject({
         .default(2)
         .describe('Seconds between checks that the table is intact; a flushed ruleset is restored within this time.'),
       priority: z.number().int().default(-10).describe('Priority of the input hook (lower runs earlier).'),
+      verify_interval: positiveSeconds('verify_interval')
+        .default(60)
+        .describe('Seconds between comparisons of the sets\' contents with the store; elements deleted behind our back (nft flush set) are put back.'),
     })
-    .default({ nft: 'nft', check_interval: 2, priority: -10 })
+    .default({ nft: 'nft', check_interval: 2, priority: -10, verify_interval: 60 })
     .describe('The nftables enforcer (table inet tsfilter).'),
   ignored_ips: z
     .array(ipOrCidr, { error: 'expected a list of IP addresses or CIDR ranges' })
