@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import { openSqliteStore } from '../src/store/sqlite-store.ts';
 import assert from 'node:assert/strict';
 import { createDetector } from '../src/detect/detector.ts';
 import { IgnoreList } from '../src/detect/cidr-trie.ts';
@@ -13,26 +14,26 @@ const make = (policies: [string, CountingPolicy][] = [['ssh', gap], ['web', win]
   createDetector({ policies: new Map(policies), ignore: IgnoreList.EMPTY, maxTracked, forgetAfter: 3600 });
 const ev = (ip: string, sec: number, rule = 'ssh', kind: MatchKind = 'failure'): Match => ({ ip, time: T0 + sec * 1000, rule, kind, line: `${rule} ${ip} @${sec}`, pattern: 0 });
 
-/** A stand-in for Store.saveCounters / loadCounters. */
-class FakeStore {
-  rows = new Map<string, CounterState>();
+/** The detector's state through the real SQLite store's saveCounters / loadCounters (in memory). */
+class CounterStore {
+  private readonly store = openSqliteStore(':memory:');
+  get rows(): Map<string, CounterState> {
+    return new Map(this.store.loadCounters().map((c) => [`${c.rule}\0${c.ip}`, c]));
+  }
   save(d: TrackingDetector) {
     const { changed, removed } = d.dirty();
     const changedKeys = new Set(changed.map((c) => `${c.rule}\0${c.ip}`));
-    for (const r of removed) {
-      assert.ok(!changedKeys.has(`${r.rule}\0${r.ip}`), 'removed and changed are disjoint');
-      this.rows.delete(`${r.rule}\0${r.ip}`);
-    }
-    for (const c of changed) this.rows.set(`${c.rule}\0${c.ip}`, c);
+    for (const r of removed) assert.ok(!changedKeys.has(`${r.rule}\0${r.ip}`), 'removed and changed are disjoint');
+    this.store.saveCounters(changed, removed);
     return { changed, removed };
   }
   load(): CounterState[] {
-    return [...this.rows.values()].map((c) => ({ ...c }));
+    return this.store.loadCounters();
   }
 }
 
 test('gap counting continues across a restart', () => {
-  const store = new FakeStore();
+  const store = new CounterStore();
   const a = make();
   for (let s = 0; s < 3; s++) a.observe(ev('192.0.2.1', s)); // amount 2
   store.save(a);
@@ -57,7 +58,7 @@ test('without the restored state the same lines do not ban (the test above can f
 });
 
 test('the restored last failure time still decides whether the next one counts', () => {
-  const store = new FakeStore();
+  const store = new CounterStore();
   const a = make();
   for (let s = 0; s < 5; s++) a.observe(ev('192.0.2.1', s)); // amount 4, last 4
   store.save(a);
@@ -68,7 +69,7 @@ test('the restored last failure time still decides whether the next one counts',
 });
 
 test('window counting continues across a restart', () => {
-  const store = new FakeStore();
+  const store = new CounterStore();
   const a = make();
   for (const s of [0, 10, 20]) a.observe(ev('192.0.2.9', s, 'web'));
   store.save(a);
@@ -81,7 +82,7 @@ test('window counting continues across a restart', () => {
 });
 
 test('dirty() reports each change once, and removals of what the store holds', () => {
-  const store = new FakeStore();
+  const store = new CounterStore();
   const a = make();
   a.observe(ev('192.0.2.1', 0));
   a.observe(ev('192.0.2.2', 0));
@@ -103,7 +104,7 @@ test('dirty() reports each change once, and removals of what the store holds', (
 });
 
 test('banned and evicted entries are deleted from the store', () => {
-  const store = new FakeStore();
+  const store = new CounterStore();
   const a = make([['ssh', gap]], 3);
   for (let s = 0; s < 5; s++) a.observe(ev('192.0.2.1', s));
   a.observe(ev('192.0.2.2', 0));

@@ -45,7 +45,14 @@ async function attackUntilBanned(lab: Lab, d: TsfilterDaemon, family: Family, ma
     const admin = await lab.failLogin('admin', family, user, 'wrong-password');
     assert.match(admin.stderr, /Permission denied/, `the admin's attempt ${n} over IPv${family} must reach sshd and fail: ${admin.stderr}`);
     const r = await lab.failLogin('attacker', family, user, 'wrong-password');
-    assert.match(r.stderr, /Permission denied/, `the attacker's attempt ${n} over IPv${family} must reach sshd and fail: ${r.stderr}`);
+    if (!/Permission denied/.test(r.stderr)) {
+      // The ban, earned by the earlier attempts' lines, can land while this attempt is still talking to sshd: then
+      // its packets are dropped mid-way. That is a ban, not a failure of the lab; anything else is.
+      await d.waitFor(bannedRe(ip), 3000, since).catch(() => {
+        assert.fail(`the attacker's attempt ${n} over IPv${family} must reach sshd and fail: ${r.stderr}`);
+      });
+      return n;
+    }
     try {
       await d.waitFor(bannedRe(ip), 1500, since);
       return n;
@@ -226,7 +233,8 @@ describe('end to end against a real sshd, attacked from another network namespac
           const p = await lab.probe('attacker', f, 22, 3000);
           assert.equal(p.ok, false);
           t.diagnostic(`IPv${f} REJECT: ${p.error} after ${p.ms} ms`);
-          assert.ok(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EACCES', 'EPERM'].includes(p.error) && p.ms < 1000, `REJECT must refuse at once: ${JSON.stringify(p)}`);
+          // Refused (a reset or an ICMP error), not a timeout: the error code tells REJECT from DROP.
+          assert.ok(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EACCES', 'EPERM'].includes(p.error), `REJECT must refuse: ${JSON.stringify(p)}`);
         }
         await step(t, 'both bans expire', async () => {
           for (const f of [4, 6] as const) {

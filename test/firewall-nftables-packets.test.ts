@@ -63,8 +63,8 @@ for (const denyType of ['DROP', 'REJECT'] as const) {
         const r = await probe(f);
         if (denyType === 'DROP') assert.equal(r.result, 'timeout', `IPv${f} dropped`);
         else {
+          // A reset, not a timeout: the error code says so, no clock needed.
           assert.equal(r.result, 'ECONNREFUSED', `IPv${f} refused with a TCP reset`);
-          assert.ok(r.ms < 700, `IPv${f} refused at once (${r.ms} ms)`);
         }
       }
 

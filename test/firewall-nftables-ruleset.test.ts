@@ -179,3 +179,30 @@ test('a failing nft command names the command and nft\'s error', async (t) => {
   assert.match(String(ok.health().lastError), /nft -f -/);
   await ok.stop();
 });
+
+test('a batch of 1,000 bans is one nft process and one transaction, never one process per address', async (t) => {
+  if (!requireNetns(t)) return;
+  const ns = lab.ns('e');
+  const dir = mkdtempSync(join(tmpdir(), 'tsf-nft-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  const log = join(dir, 'calls');
+  const wrapper = join(dir, 'nft');
+  writeFileSync(wrapper, `#!/bin/sh\necho "$*" >> '${log}'\nexec nft "$@"\n`, { mode: 0o755 });
+  const e = new NftablesEnforcer({ denyType: 'DROP', nft: wrapper, netns: ns, logger: quiet, checkIntervalMs: 0 });
+  await e.start();
+  writeFileSync(log, '');
+  // Documentation addresses only: 500 IPv4 from 192.0.2.0/24 and 198.51.100.0/24, 500 IPv6 from 2001:db8:7::/64.
+  const bans = Array.from({ length: 1000 }, (_, i) => ({
+    ip: i % 2 ? `2001:db8:7::${i.toString(16)}` : `${i < 512 ? '192.0.2' : '198.51.100'}.${(i >> 1) % 256}`,
+    expiresAt: Date.now() + 3600_000,
+    rule: 'x',
+  }));
+  await e.ban(bans);
+  assert.deepEqual(readFileSync(log, 'utf8').trim().split('\n'), ['-f -'], 'exactly one nft invocation, reading its script from stdin');
+  const listed = lab.runSync(ns, ['nft', 'list', 'table', 'inet', 'tsfilter']);
+  assert.equal((listed.match(/(192\.0\.2|198\.51\.100)\.\d+/g) ?? []).length + (listed.match(/2001:db8:7::/g) ?? []).length, 1000);
+  writeFileSync(log, '');
+  await e.unban(bans.map((b) => b.ip));
+  assert.deepEqual(readFileSync(log, 'utf8').trim().split('\n'), ['-f -'], 'and one for the unban');
+  await e.stop();
+});

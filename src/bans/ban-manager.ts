@@ -73,7 +73,8 @@ interface Decided {
  */
 export class BanManager {
   private pending: Decided[] = [];
-  private readonly pendingIps = new Set<string>();
+  /** Addresses with a decided, not yet stored ban: its expiry, and how many such bans (replay can decide several). */
+  private readonly pendingIps = new Map<string, { expiresAt: number | null; count: number }>();
   private written: Decided[] = [];
   private uncommitted: Decided[] = [];
   private toAnnounce: Decided[] = [];
@@ -101,7 +102,6 @@ export class BanManager {
 
   /** Decides a ban; returns it (not yet stored), or null when the address is ignored or already banned. */
   decide(d: BanDecision): BanRecord | null {
-    if (this.pendingIps.has(d.ip)) return null;
     if (this.o.ignore.has(d.ip)) {
       // Only protected addresses get here (the detector does not count ignored ones): say so once per address.
       if (!this.refusedLogged.has(d.ip)) {
@@ -112,8 +112,10 @@ export class BanManager {
       return null;
     }
     const now = this.o.useEventTime ? d.time : this.now();
+    const unstored = this.pendingIps.get(d.ip);
+    if (unstored !== undefined && (unstored.expiresAt === null || unstored.expiresAt > now)) return null;
     if (this.o.store.activeBan(d.ip, now)) return null;
-    const previous = this.o.store.banCount(d.ip);
+    const previous = this.o.store.banCount(d.ip) + (unstored?.count ?? 0);
     const seconds = banDuration(this.o.banTime(d.rule), previous, this.o.banTimeFactor ?? 1, this.o.banTimeMax);
     const input: BanInput = {
       ip: d.ip,
@@ -129,7 +131,7 @@ export class BanManager {
     };
     const record: BanRecord = { ...input, banCount: previous + 1 };
     this.pending.push({ input, record, instant: d.instant, enforced: false, announced: false });
-    this.pendingIps.add(d.ip);
+    this.pendingIps.set(d.ip, { expiresAt: input.expiresAt, count: (unstored?.count ?? 0) + 1 });
     this.bansDecided++;
     return record;
   }
