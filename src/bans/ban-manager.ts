@@ -513,20 +513,33 @@ export class BanManager {
 
   /**
    * While running: puts back elements that went missing behind our back (an admin's `nft flush set`, a deleted
-   * element) and corrects their times. Only adds; never removes anything. Returns what it changed.
+   * element). Only adds, never removes. An element counts as missing only when two listings agree: a listing of a
+   * large set can come back short while the kernel's garbage collector walks it.
    */
-  async verify(): Promise<{ added: number; retimed: number }> {
+  async verify(): Promise<{ added: number }> {
     let added = 0;
-    let retimed = 0;
     const active = this.enforceable({ quiet: true });
+    if (active.length === 0) return { added };
     for (const e of this.o.enforcers) {
-      if (!e.reconcile) continue;
-      const r = (await e.reconcile(active)) as { added?: number; retimed?: number } | undefined;
-      added += r?.added ?? 0;
-      retimed += r?.retimed ?? 0;
+      if (!e.elements) continue;
+      const first = new Set(await e.elements());
+      let missing = active.filter((b) => !first.has(b.ip));
+      if (missing.length === 0) continue;
+      const second = new Set(await e.elements());
+      missing = missing.filter((b) => !second.has(b.ip));
+      // Still absent from the store's view? A ban that ended meanwhile is not put back.
+      const now = this.now();
+      missing = missing.filter((b) => b.expiresAt === null || b.expiresAt > now);
+      if (missing.length === 0) continue;
+      try {
+        await e.ban(missing);
+        added += missing.length;
+      } catch (err) {
+        this.enqueue(e, err, missing, []);
+      }
     }
-    if (added > 0) this.o.logger.warn('bans were missing from the firewall; put back', { added, retimed });
-    return { added, retimed };
+    if (added > 0) this.o.logger.warn('bans were missing from the firewall; put back', { added });
+    return { added };
   }
 
   /**
