@@ -13,6 +13,19 @@ const quiet: NftLogger = { info() {}, warn() {}, error() {} };
 const lab = new NetnsLab('nft-ruleset');
 after(() => lab.dispose());
 
+/** A started enforcer whose nft is a wrapper that appends each call's arguments to `log` (emptied after start). */
+async function recordingEnforcer(ns: string): Promise<{ e: NftablesEnforcer; log: string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'tsf-nft-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  const log = join(dir, 'calls');
+  const wrapper = join(dir, 'nft');
+  writeFileSync(wrapper, `#!/bin/sh\necho "$*" >> '${log}'\nexec nft "$@"\n`, { mode: 0o755 });
+  const e = new NftablesEnforcer({ denyType: 'DROP', nft: wrapper, netns: ns, logger: quiet, checkIntervalMs: 0 });
+  await e.start();
+  writeFileSync(log, '');
+  return { e, log };
+}
+
 type Obj = Record<string, any>;
 function listTable(ns: string): Obj[] {
   return JSON.parse(lab.runSync(ns, ['nft', '-j', 'list', 'table', 'inet', 'tsfilter'])).nftables;
@@ -146,14 +159,7 @@ test('a crafted address is refused before nft runs', async (t) => {
   if (!requireNetns(t)) return;
   const ns = lab.ns('b');
   // An nft that records each call: proves nothing ran.
-  const dir = mkdtempSync(join(tmpdir(), 'tsf-nft-'));
-  after(() => rmSync(dir, { recursive: true, force: true }));
-  const log = join(dir, 'calls');
-  const wrapper = join(dir, 'nft');
-  writeFileSync(wrapper, `#!/bin/sh\necho "$*" >> '${log}'\nexec nft "$@"\n`, { mode: 0o755 });
-  const e = new NftablesEnforcer({ denyType: 'DROP', nft: wrapper, netns: ns, logger: quiet, checkIntervalMs: 0 });
-  await e.start();
-  writeFileSync(log, '');
+  const { e, log } = await recordingEnforcer(ns);
   const before = lab.runSync(ns, ['nft', 'list', 'ruleset']);
   const crafted = ['192.0.2.1 } ; flush ruleset ; add element inet tsfilter banned4 { 192.0.2.2', '192.0.2.1\ndelete table inet tsfilter', '2001:db8::1 timeout 1s', '192.0.2.0/24'];
   for (const ip of crafted) {
@@ -183,14 +189,7 @@ test('a failing nft command names the command and nft\'s error', async (t) => {
 test('a batch of 1,000 bans is one nft process and one transaction, never one process per address', async (t) => {
   if (!requireNetns(t)) return;
   const ns = lab.ns('e');
-  const dir = mkdtempSync(join(tmpdir(), 'tsf-nft-'));
-  after(() => rmSync(dir, { recursive: true, force: true }));
-  const log = join(dir, 'calls');
-  const wrapper = join(dir, 'nft');
-  writeFileSync(wrapper, `#!/bin/sh\necho "$*" >> '${log}'\nexec nft "$@"\n`, { mode: 0o755 });
-  const e = new NftablesEnforcer({ denyType: 'DROP', nft: wrapper, netns: ns, logger: quiet, checkIntervalMs: 0 });
-  await e.start();
-  writeFileSync(log, '');
+  const { e, log } = await recordingEnforcer(ns);
   // Documentation addresses only: 500 IPv4 from 192.0.2.0/24 and 198.51.100.0/24, 500 IPv6 from 2001:db8:7::/64.
   const bans = Array.from({ length: 1000 }, (_, i) => ({
     ip: i % 2 ? `2001:db8:7::${i.toString(16)}` : `${i < 512 ? '192.0.2' : '198.51.100'}.${(i >> 1) % 256}`,
