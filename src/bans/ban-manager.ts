@@ -100,6 +100,11 @@ export class BanManager {
     this.o.banTimeMax = p.banTimeMax;
   }
 
+  /** Seconds the next ban of a rule lasts after `previous` earlier bans of the address (escalated), null: permanent. */
+  private durationFor(rule: string, previous: number): number | null {
+    return banDuration(this.o.banTime(rule), previous, this.o.banTimeFactor ?? 1, this.o.banTimeMax);
+  }
+
   /** Decides a ban; returns it (not yet stored), or null when the address is ignored or already banned. */
   decide(d: BanDecision): BanRecord | null {
     if (this.o.ignore.has(d.ip)) {
@@ -116,7 +121,7 @@ export class BanManager {
     if (unstored !== undefined && (unstored.expiresAt === null || unstored.expiresAt > now)) return null;
     if (this.o.store.activeBan(d.ip, now)) return null;
     const previous = this.o.store.banCount(d.ip) + (unstored?.count ?? 0);
-    const seconds = banDuration(this.o.banTime(d.rule), previous, this.o.banTimeFactor ?? 1, this.o.banTimeMax);
+    const seconds = this.durationFor(d.rule, previous);
     const input: BanInput = {
       ip: d.ip,
       rule: d.rule,
@@ -186,7 +191,7 @@ export class BanManager {
       d.enforced = true;
       batch.push({ ip: d.record.ip, expiresAt: d.record.expiresAt, rule: d.record.rule });
     }
-    if (batch.length > 0) void this.applyBans(batch);
+    if (batch.length > 0) void this.enforce(batch);
   }
 
   /** Announces and enforces the bans committed since the last flush, as one batch per enforcer. */
@@ -214,53 +219,54 @@ export class BanManager {
       }
     }
     if (batch.length === 0) return;
-    await this.applyBans(batch);
+    await this.enforce(batch);
   }
 
-  /** Applies bans to every enforcer; what fails is queued for retry with backoff. Returns whether all applied. */
-  private async applyBans(batch: Enforcement[]): Promise<boolean> {
+  /** Puts bans into every enforcer; what fails is queued for retry with backoff. Returns whether all applied. */
+  async enforce(batch: Enforcement[]): Promise<boolean> {
     let ok = true;
-    for (const e of this.o.enforcers) {
-      const q = this.failed.get(e);
-      if (q) for (const b of batch) q.unbans.delete(b.ip);
-      try {
-        await e.ban(batch);
-        // What was queued for these addresses is older than what was just applied (a newer expiry, say).
-        const after = this.failed.get(e);
-        if (after) for (const b of batch) after.bans.delete(b.ip);
-      } catch (err) {
-        ok = false;
-        this.enqueue(e, err, batch, []);
-      }
-    }
+    for (const e of this.o.enforcers) if (!(await this.banOn(e, batch))) ok = false;
     return ok;
   }
 
-  private async applyUnbans(ips: string[]): Promise<boolean> {
+  /** Lifts addresses from every enforcer (their bans stay in the store); a failure is queued and retried. */
+  async lift(ips: string[]): Promise<boolean> {
     let ok = true;
-    for (const e of this.o.enforcers) {
-      const q = this.failed.get(e);
-      if (q) for (const ip of ips) q.bans.delete(ip);
-      try {
-        await e.unban(ips);
-        const after = this.failed.get(e);
-        if (after) for (const ip of ips) after.unbans.delete(ip);
-      } catch (err) {
-        ok = false;
-        this.enqueue(e, err, [], ips);
-      }
-    }
+    for (const e of this.o.enforcers) if (!(await this.unbanOn(e, ips))) ok = false;
     return ok;
   }
 
-  /** Puts bans into the firewall (e.g. of addresses no longer ignored); a failure is queued and retried. */
-  enforce(batch: Enforcement[]): Promise<boolean> {
-    return this.applyBans(batch);
+  /**
+   * One enforcer, one batch of bans. Queued changes for these addresses are older than this one: a queued unban is
+   * dropped before, a queued ban (a shorter expiry, say) after it succeeded; a failure queues the batch.
+   */
+  private async banOn(e: Enforcer, batch: Enforcement[]): Promise<boolean> {
+    const q = this.failed.get(e);
+    if (q) for (const b of batch) q.unbans.delete(b.ip);
+    try {
+      await e.ban(batch);
+    } catch (err) {
+      this.enqueue(e, err, batch, []);
+      return false;
+    }
+    const after = this.failed.get(e);
+    if (after) for (const b of batch) after.bans.delete(b.ip);
+    return true;
   }
 
-  /** Lifts addresses from the firewall (their bans stay in the store); a failure is queued and retried. */
-  lift(ips: string[]): Promise<boolean> {
-    return this.applyUnbans(ips);
+  /** One enforcer, one batch of unbans; the mirror of banOn. */
+  private async unbanOn(e: Enforcer, ips: string[]): Promise<boolean> {
+    const q = this.failed.get(e);
+    if (q) for (const ip of ips) q.bans.delete(ip);
+    try {
+      await e.unban(ips);
+    } catch (err) {
+      this.enqueue(e, err, [], ips);
+      return false;
+    }
+    const after = this.failed.get(e);
+    if (after) for (const ip of ips) after.unbans.delete(ip);
+    return true;
   }
 
   private enqueue(e: Enforcer, err: unknown, bans: Enforcement[], unbans: string[]): void {
@@ -377,8 +383,7 @@ export class BanManager {
     if (why !== null) throw new BanRefused(`${ip} is ${why}: refusing to ban it`);
     const now = this.now();
     const previous = this.o.store.banCount(ip);
-    const duration =
-      seconds === undefined ? banDuration(this.o.banTime('manual'), previous, this.o.banTimeFactor ?? 1, this.o.banTimeMax) : seconds;
+    const duration = seconds === undefined ? this.durationFor('manual', previous) : seconds;
     const input: BanInput = {
       ip,
       rule: 'manual',
@@ -405,7 +410,7 @@ export class BanManager {
       replaced,
       until: record.expiresAt === null ? 'permanent' : new Date(record.expiresAt).toISOString(),
     });
-    const enforced = await this.applyBans([{ ip, expiresAt: record.expiresAt, rule: record.rule }]);
+    const enforced = await this.enforce([{ ip, expiresAt: record.expiresAt, rule: record.rule }]);
     return { record, replaced, enforced };
   }
 
@@ -432,7 +437,7 @@ export class BanManager {
         }
       }
     }
-    if (inFirewall) enforced = await this.applyUnbans([ip]);
+    if (inFirewall) enforced = await this.lift([ip]);
     if (removed || inFirewall) this.o.logger.info('unbanned', { ip, reason });
     return { ip, removed: removed || inFirewall, enforced };
   }
@@ -464,7 +469,7 @@ export class BanManager {
     for (const ip of this.dropUnstored(() => true)) if (!ips.includes(ip)) ips.push(ip);
     for (const ip of ips) this.o.forget?.(ip);
     const normal = ips.map((ip) => normalizeIp(ip)).filter((ip): ip is string => ip !== null);
-    const enforced = normal.length === 0 ? true : await this.applyUnbans(normal);
+    const enforced = normal.length === 0 ? true : await this.lift(normal);
     this.o.logger.info('unbanned every address', { count: ips.length, reason });
     return { ips, enforced };
   }
@@ -472,11 +477,7 @@ export class BanManager {
   /** The enforcer lost its state (ruleset flushed): puts every enforceable active ban back. */
   async reapply(e: Enforcer): Promise<number> {
     const batch = this.enforceable();
-    try {
-      await e.ban(batch);
-    } catch (err) {
-      this.enqueue(e, err, batch, []);
-    }
+    await this.banOn(e, batch);
     return batch.length;
   }
 
@@ -485,7 +486,7 @@ export class BanManager {
     const ended = this.o.store.expireBans(this.now());
     if (ended.length === 0) return ended;
     const ips = ended.map((b) => normalizeIp(b.ip)).filter((ip): ip is string => ip !== null);
-    if (ips.length > 0) await this.applyUnbans(ips);
+    if (ips.length > 0) await this.lift(ips);
     for (const b of ended) this.o.logger.info('ban expired', { ip: b.ip, rule: b.rule });
     return ended;
   }
@@ -531,12 +532,7 @@ export class BanManager {
       const now = this.now();
       missing = missing.filter((b) => b.expiresAt === null || b.expiresAt > now);
       if (missing.length === 0) continue;
-      try {
-        await e.ban(missing);
-        added += missing.length;
-      } catch (err) {
-        this.enqueue(e, err, missing, []);
-      }
+      if (await this.banOn(e, missing)) added += missing.length;
     }
     if (added > 0) this.o.logger.warn('bans were missing from the firewall; put back', { added });
     return { added };
@@ -548,10 +544,6 @@ export class BanManager {
    * or now ignored) are removed. Elements of addresses the store has never banned are foreign and stay. A failure
    * is retried with backoff, not fatal.
    */
-  async restore(): Promise<number> {
-    return (await this.reconcile()).restored;
-  }
-
   async reconcile(): Promise<{ restored: number; removed: number; foreign: number }> {
     const batch = this.enforceable();
     const want = new Set(batch.map((b) => b.ip));
@@ -570,7 +562,7 @@ export class BanManager {
           if (stale.length > 0) {
             removed += stale.length;
             this.o.logger.info('removing firewall elements whose bans ended', { enforcer: e.name, count: stale.length });
-            await e.unban(stale).catch((err) => this.enqueue(e, err, [], stale));
+            await this.unbanOn(e, stale);
           }
         } catch (err) {
           this.o.logger.warn('cannot list the firewall elements to reconcile them with the store', { enforcer: e.name, error: err });
