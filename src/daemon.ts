@@ -137,37 +137,9 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
   });
   upP.catch(() => {});
   let control: ControlServer | null = null;
-  try {
-    control = await startControlServer(
-      initial.controlSocket,
-      async (req) => {
-        await upP;
-        return handleWhenUp!(req);
-      },
-      logger,
-    );
-  } catch (e) {
-    pidFile.release();
-    throw e;
-  }
-  if (initial.database === 'redis') {
-    logger.warn('settings.database is "redis" but fleet sync over Redis is not available yet: using the local SQLite store only', {
-      store: initial.sqlitePath,
-    });
-  }
-  let cur = build(initial, logger);
+  let opened: ReturnType<typeof openSqliteStore> | undefined;
+  let cur: Built;
   const startedAt = Date.now();
-
-  // A short busy timeout: while another program holds the write lock, each attempt blocks the event loop this long.
-  let store: ReturnType<typeof openSqliteStore>;
-  try {
-    store = openSqliteStore(initial.sqlitePath, { server: initial.serverName, busyTimeoutMs: STORE_BUSY_TIMEOUT_MS });
-  } catch (e) {
-    startFailed(new Error('the daemon failed to start'));
-    await control?.close().catch(() => {});
-    pidFile.release();
-    throw e;
-  }
   const sources: Source[] = [];
   const timers: NodeJS.Timeout[] = [];
   const enforcers: Enforcer[] = [];
@@ -182,7 +154,25 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
     guard.stop();
   };
 
+  // Whatever fails below, what was started is stopped again: the daemon never runs half-started.
   try {
+    control = await startControlServer(
+      initial.controlSocket,
+      async (req) => {
+        await upP;
+        return handleWhenUp!(req);
+      },
+      logger,
+    );
+    if (initial.database === 'redis') {
+      logger.warn('settings.database is "redis" but fleet sync over Redis is not available yet: using the local SQLite store only', {
+        store: initial.sqlitePath,
+      });
+    }
+    cur = build(initial, logger);
+    // A short busy timeout: while another program holds the write lock, each attempt blocks the event loop this long.
+    const store = openSqliteStore(initial.sqlitePath, { server: initial.serverName, busyTimeoutMs: STORE_BUSY_TIMEOUT_MS });
+    opened = store;
     let detector = newDetector(cur);
     detector.load(store.loadCounters().filter((c) => cur.byName.has(c.rule)));
     guard.start();
@@ -397,13 +387,13 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
           const st = pipeline.stats.get(r.name);
           if (st) nextPipeline.stats.set(r.name, st);
         }
-        // Active bans the old ignore list kept out of the firewall: those no longer ignored go back in below.
-        const wasGuarded = new Set(
-          store
-            .activeBans(Date.now())
-            .map((r) => normalizeIp(r.ip))
-            .filter((ip): ip is string => ip !== null && guard.has(ip)),
-        );
+        // The addresses of the active bans, judged against the old ignore list now and the new one below: those newly
+        // ignored are lifted, those no longer ignored go back into the firewall.
+        const activeIps = store
+          .activeBans(Date.now())
+          .map((r) => normalizeIp(r.ip))
+          .filter((ip): ip is string => ip !== null);
+        const wasGuarded = new Set(activeIps.filter((ip) => guard.has(ip)));
         guard.reconfigure(next.ignoredIps, protector);
         detector = nextDetector;
         pipeline = nextPipeline;
@@ -416,13 +406,10 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
         });
         // Addresses now ignored or protected are lifted from the firewall, as a restart would (their bans stay in
         // the store and come back when the entry is removed again).
-        const lift = store
-          .activeBans(Date.now())
-          .map((r) => r.ip)
-          .filter((ip) => guard.has(ip));
+        const lift = activeIps.filter((ip) => guard.has(ip));
         if (lift.length > 0) {
           logger.info('lifting bans of addresses that are now ignored or protected', { count: lift.length });
-          await bans.lift(lift.map((ip) => normalizeIp(ip) ?? ip));
+          await bans.lift(lift);
         }
         // And the other way round: bans of addresses no longer ignored are enforced again, as a restart would.
         const back = bans.enforceable().filter((b) => wasGuarded.has(b.ip));
@@ -500,7 +487,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
   } catch (e) {
     startFailed(new Error('the daemon failed to start'));
     await cleanup();
-    store.close();
+    opened?.close();
     pidFile.release();
     throw e;
   }
