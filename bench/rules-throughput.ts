@@ -4,7 +4,7 @@
  */
 import { readFileSync, readdirSync } from 'node:fs';
 import { compileRule } from '../src/rules/compile.ts';
-import { ruleConfigFromJson } from '../src/rules/from-json.ts';
+import { ruleConfigFromJson } from '../src/config/load.ts';
 import type { SourceLine } from '../src/sources/types.ts';
 
 const target = Number(process.argv[2] ?? 1_000_000);

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { Pipeline } from '../src/pipeline.ts';
 import { compileRule } from '../src/rules/compile.ts';
-import { ruleConfigFromJson } from '../src/rules/from-json.ts';
+import { ruleConfigFromJson } from '../src/config/load.ts';
 import { createDetector } from '../src/detect/detector.ts';
 import { IgnoreList } from '../src/detect/cidr-trie.ts';
 import type { BanDecision } from '../src/detect/types.ts';

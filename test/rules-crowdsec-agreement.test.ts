@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { compileRule } from '../src/rules/compile.ts';
-import { ruleConfigFromJson } from '../src/rules/from-json.ts';
+import { ruleConfigFromJson } from '../src/config/load.ts';
 import type { Match } from '../src/rules/types.ts';
 
 const HUB = new URL('../../shared/corpus/crowdsec-hub/tests/', import.meta.url);

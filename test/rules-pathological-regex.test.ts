@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { compileRule } from '../src/rules/compile.ts';
-import { ruleConfigFromJson } from '../src/rules/from-json.ts';
+import { ruleConfigFromJson } from '../src/config/load.ts';
 
 const compileUrl = new URL('../src/rules/compile.ts', import.meta.url).href;
 

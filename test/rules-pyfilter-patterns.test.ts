@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { compileRule } from '../src/rules/compile.ts';
-import { ruleConfigFromJson } from '../src/rules/from-json.ts';
+import { ruleConfigFromJson } from '../src/config/load.ts';
 import type { RuleMatcher } from '../src/rules/types.ts';
 
 // PyFilter's own default configuration, byte for byte: its patterns must compile and capture as PyFilter would.

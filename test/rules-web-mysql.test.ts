@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { compileRule } from '../src/rules/compile.ts';
-import { ruleConfigFromJson } from '../src/rules/from-json.ts';
+import { ruleConfigFromJson } from '../src/config/load.ts';
 
 const config = JSON.parse(readFileSync(new URL('../config/config.default.json', import.meta.url), 'utf8'));
 const NOW = Date.parse('2026-12-01T00:00:00Z');

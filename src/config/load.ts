@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { z } from 'zod';
-import { configSchema, RULE_KNOWN_KEYS, type RawConfig, type RawRule } from './schema.ts';
+import { configSchema, ruleSchema, RULE_KNOWN_KEYS, type RawConfig, type RawRule } from './schema.ts';
 import type { RuleConfig } from '../rules/types.ts';
 import { PatternError } from '../rules/types.ts';
 import type { CountingPolicy } from '../detect/types.ts';
@@ -190,21 +190,13 @@ export function parseConfig(json: unknown, file: string, opts: { cwd?: string } 
   };
 }
 
-function normaliseRule(name: string, r: RawRule, raw: RawConfig): RuleSettings {
-  const s = raw.settings;
+/** A rule's matching options (what the rule compiler needs) from its entry in the config. */
+function matchConfig(name: string, r: RawRule, useDns: boolean): RuleConfig {
   const lists: Record<string, string[]> = {};
   for (const [k, v] of Object.entries(r)) {
     if (!RULE_KNOWN_KEYS.has(k) && Array.isArray(v)) lists[k] = v as string[];
   }
-  const logFiles = (Array.isArray(r.log_files) ? r.log_files : [r.log_files]).filter((f) => f !== '');
-  const findTime = r.find_time !== undefined ? r.find_time : s.find_time;
-  const policy: CountingPolicy = {
-    failedAttempts: r.failed_attempts ?? s.failed_attempts,
-    mode: findTime === null ? 'gap' : 'window',
-    requestTime: r.request_time ?? s.request_time,
-    findTime: findTime ?? 0,
-  };
-  const match: RuleConfig = {
+  return {
     name,
     patterns: r.regex_patterns,
     successPatterns: r.success_patterns,
@@ -213,8 +205,29 @@ function normaliseRule(name: string, r: RawRule, raw: RawConfig): RuleSettings {
     httpStatusBlocks: r.http_status_blocks,
     // PyFilter decides the meaning of positional groups by the rule's name.
     groupOrder: name === 'apache' || name === 'nginx' ? 'host-time' : 'time-host',
-    useDns: s.use_dns,
+    useDns,
   };
+}
+
+/**
+ * The RuleConfig of one `settings.rules.<name>` object as it stands in a config file, validated by the same schema
+ * and built by the same code as the loader (for tests and tools that compile a single rule).
+ */
+export function ruleConfigFromJson(name: string, raw: unknown, useDns = false): RuleConfig {
+  return matchConfig(name, ruleSchema.parse(raw), useDns);
+}
+
+function normaliseRule(name: string, r: RawRule, raw: RawConfig): RuleSettings {
+  const s = raw.settings;
+  const logFiles = (Array.isArray(r.log_files) ? r.log_files : [r.log_files]).filter((f) => f !== '');
+  const findTime = r.find_time !== undefined ? r.find_time : s.find_time;
+  const policy: CountingPolicy = {
+    failedAttempts: r.failed_attempts ?? s.failed_attempts,
+    mode: findTime === null ? 'gap' : 'window',
+    requestTime: r.request_time ?? s.request_time,
+    findTime: findTime ?? 0,
+  };
+  const match = matchConfig(name, r, s.use_dns);
   return {
     name,
     enabled: r.enabled,
