@@ -531,17 +531,12 @@ function perFamily(els: NftElement[]): [string, NftElement[]][] {
   ];
 }
 
-/** add (so the delete cannot fail), delete, add with the wanted timeout: exact timeouts on every kernel. */
+/**
+ * Removes the elements (add first, so the delete cannot fail) and adds them again with the wanted timeout, in one
+ * transaction: exact timeouts on every kernel.
+ */
 export function banScript(els: NftElement[]): string {
-  let s = '';
-  for (const [set, list] of perFamily(els)) {
-    if (list.length === 0) continue;
-    const plain = elementList(list, false);
-    s += `add element inet ${TABLE} ${set} { ${plain} }\n`;
-    s += `delete element inet ${TABLE} ${set} { ${plain} }\n`;
-    s += `add element inet ${TABLE} ${set} { ${elementList(list, true)} }\n`;
-  }
-  return s;
+  return unbanScript(els) + addScript(els);
 }
 
 /** Plain add, for elements known to be missing (reconcile). */
