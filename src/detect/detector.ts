@@ -286,18 +286,7 @@ class Detector implements TrackingDetector {
         }
         e.amount++;
         e.pushLine(m.line);
-        if (e.amount >= rs.failedAttempts) {
-          const d: BanDecision = {
-            ip,
-            rule: rs.name,
-            time: t,
-            failures: e.amount + 1,
-            instant: false,
-            lines: e.orderedLines(),
-          };
-          this.drop(e);
-          return d;
-        }
+        if (e.amount >= rs.failedAttempts) return this.banned(e, t, e.amount + 1);
         this.touch(e);
         return null;
       }
@@ -314,18 +303,7 @@ class Detector implements TrackingDetector {
             break;
           }
         }
-        if (all) {
-          const d: BanDecision = {
-            ip,
-            rule: rs.name,
-            time: t,
-            failures: rs.failedAttempts,
-            instant: false,
-            lines: e.orderedLines(),
-          };
-          this.drop(e);
-          return d;
-        }
+        if (all) return this.banned(e, t, rs.failedAttempts);
       }
       this.touch(e);
       return null;
@@ -342,6 +320,13 @@ class Detector implements TrackingDetector {
       if (e !== undefined) this.drop(e);
     }
     return null;
+  }
+
+  /** The decision for an entry that has earned its ban (gap or window counting); the entry is dropped. */
+  private banned(e: Entry, time: number, failures: number): BanDecision {
+    const d: BanDecision = { ip: e.ip, rule: e.rule.name, time, failures, instant: false, lines: e.orderedLines() };
+    this.drop(e);
+    return d;
   }
 
   forget(ip: string): void {
