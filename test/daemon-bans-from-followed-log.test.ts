@@ -1,19 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { appendFileSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { DaemonProcess, sshConfig } from './helpers/daemon.ts';
+import { sshConfig, withDaemonDir } from './helpers/daemon.ts';
 import { accepted, failed } from './helpers/syslog.ts';
 import { openSqliteStore } from '../src/store/sqlite-store.ts';
 
-test('the daemon follows a log, bans the attacker, and never the ignored range or the user who got in', async () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'tsf-daemon-'));
-  const log = path.join(dir, 'auth.log');
-  writeFileSync(log, '');
-  const cfg = sshConfig(dir, log, { ignored_ips: ['127.0.0.1', '198.51.100.0/24', '2001:db8:ffff::/48'] });
-  const d = new DaemonProcess(cfg);
-  try {
+test('the daemon follows a log, bans the attacker, and never the ignored range or the user who got in', () =>
+  withDaemonDir('tsf-daemon-', async ({ dir, log, start }) => {
+    const cfg = sshConfig(dir, log, { ignored_ips: ['127.0.0.1', '198.51.100.0/24', '2001:db8:ffff::/48'] });
+    const d = start(cfg);
     await d.waitFor(/msg=started/);
     const t = Date.now() - 60_000;
     // Attacker: four failures are not enough with failed_attempts 5 in a window...
@@ -40,22 +36,15 @@ test('the daemon follows a log, bans the attacker, and never the ignored range o
     } finally {
       store.close();
     }
-  } finally {
-    await d.stop('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-test("with logging.active the ban goes into PyFilter's Logs/<YYYY-Mon>/<YYYY-MM-DD>/<YYYY-MM-DD HH>.log layout", async () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'tsf-daemon-'));
-  const log = path.join(dir, 'auth.log');
-  writeFileSync(log, '');
-  const cfg = sshConfig(dir, log, {}, {});
-  const c = JSON.parse(readFileSync(cfg, 'utf8'));
-  c.logging = { active: true, directory: 'Logs' };
-  writeFileSync(cfg, JSON.stringify(c));
-  const d = new DaemonProcess(cfg);
-  try {
+test("with logging.active the ban goes into PyFilter's Logs/<YYYY-Mon>/<YYYY-MM-DD>/<YYYY-MM-DD HH>.log layout", () =>
+  withDaemonDir('tsf-daemon-', async ({ dir, log, start }) => {
+    const cfg = sshConfig(dir, log, {}, {});
+    const c = JSON.parse(readFileSync(cfg, 'utf8'));
+    c.logging = { active: true, directory: 'Logs' };
+    writeFileSync(cfg, JSON.stringify(c));
+    const d = start(cfg);
     await d.waitFor(/msg=started/);
     const t = Date.now();
     for (let i = 0; i < 5; i++) appendFileSync(log, failed(t + i, '192.0.2.44'));
@@ -73,8 +62,4 @@ test("with logging.active the ban goes into PyFilter's Logs/<YYYY-Mon>/<YYYY-MM-
       text,
       /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d IP: 192\.0\.2\.44 has been blacklisted and the firewall rules have been updated\. Acquired 5 bad connections via ssh\.\n$/,
     );
-  } finally {
-    await d.stop('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));

@@ -1,10 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { appendFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { DaemonProcess, sshConfig, until } from './helpers/daemon.ts';
+import { sshConfig, until, withDaemonDir } from './helpers/daemon.ts';
 import { failed } from './helpers/syslog.ts';
 import { openSqliteStore } from '../src/store/sqlite-store.ts';
 
@@ -19,23 +18,21 @@ function savedOffset(dbFile: string): number {
 }
 
 for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
-  test(`after ${signal} a restart resumes where it stopped, with its counters, instead of re-reading the log`, async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'tsf-resume-'));
-    const log = path.join(dir, 'auth.log');
-    const dbFile = path.join(dir, 'tsfilter.db');
-    // Old history that must not be counted twice: 4 failures of an address long ago, spaced so they never ban.
-    const t = Date.now() - 120_000;
-    writeFileSync(log, failed(t, '192.0.2.99'));
-    const cfg = sshConfig(dir, log);
-    let d = new DaemonProcess(cfg);
-    try {
+  test(`after ${signal} a restart resumes where it stopped, with its counters, instead of re-reading the log`, () =>
+    withDaemonDir('tsf-resume-', async ({ dir, log, start }) => {
+      const dbFile = path.join(dir, 'tsfilter.db');
+      // Old history that must not be counted twice: 4 failures of an address long ago, spaced so they never ban.
+      const t = Date.now() - 120_000;
+      writeFileSync(log, failed(t, '192.0.2.99'));
+      const cfg = sshConfig(dir, log);
+      let d = start(cfg);
       await d.waitFor(/msg=started/);
       for (let i = 0; i < 3; i++) appendFileSync(log, failed(t + 1000 + i * 1000, '192.0.2.20'));
       const size = statSync(log).size;
       await until(() => savedOffset(dbFile) === size, 20_000, 'the position to be saved');
       await d.stop(signal);
 
-      d = new DaemonProcess(cfg);
+      d = start(cfg);
       await d.waitFor(/msg=started/);
       // 3 before the restart + 1 = 4 < 5: no ban. Re-reading the log would make it 3 + 3 + 1 and ban now.
       appendFileSync(log, failed(t + 5000, '192.0.2.20'));
@@ -52,19 +49,12 @@ for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
       } finally {
         store.close();
       }
-    } finally {
-      await d.stop('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+    }));
 }
 
-test('a ban the daemon reported survives an immediate kill -9', async () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'tsf-kill-'));
-  const log = path.join(dir, 'auth.log');
-  writeFileSync(log, '');
-  const d = new DaemonProcess(sshConfig(dir, log));
-  try {
+test('a ban the daemon reported survives an immediate kill -9', () =>
+  withDaemonDir('tsf-kill-', async ({ dir, log, start }) => {
+    const d = start(sshConfig(dir, log));
     await d.waitFor(/msg=started/);
     const t = Date.now();
     let burst = '';
@@ -82,8 +72,4 @@ test('a ban the daemon reported survives an immediate kill -9', async () => {
     } finally {
       store.close();
     }
-  } finally {
-    await d.stop('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));

@@ -1,19 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { DaemonProcess, isBanned, sshConfig, until } from './helpers/daemon.ts';
+import { isBanned, sshConfig, until, withDaemonDir } from './helpers/daemon.ts';
 import { failed } from './helpers/syslog.ts';
 import { runCli } from './helpers/cli.ts';
 
-test('a second daemon on the same data directory is refused, even with another control socket', async () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'tsf-one-'));
-  const log = path.join(dir, 'auth.log');
-  writeFileSync(log, '');
-  const cfg = sshConfig(dir, log);
-  const d = new DaemonProcess(cfg);
-  try {
+test('a second daemon on the same data directory is refused, even with another control socket', () =>
+  withDaemonDir('tsf-one-', async ({ dir, log, start }) => {
+    const cfg = sshConfig(dir, log);
+    const d = start(cfg);
     await d.waitFor(/msg=started/);
     const c = JSON.parse(readFileSync(cfg, 'utf8'));
     c.settings.control_socket = path.join(dir, 'other.sock');
@@ -23,18 +19,11 @@ test('a second daemon on the same data directory is refused, even with another c
     assert.equal(r.code, 1, r.stdout + r.stderr);
     assert.match(r.stderr, /another tsfilter daemon \(pid \d+\) is already using this data directory/);
     assert.equal(d.child.exitCode, null, 'the first daemon is untouched');
-  } finally {
-    await d.stop('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-test('the daemon keeps protecting when its stdout pipe breaks (a dead log shipper)', async () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'tsf-epipe-'));
-  const log = path.join(dir, 'auth.log');
-  writeFileSync(log, '');
-  const d = new DaemonProcess(sshConfig(dir, log));
-  try {
+test('the daemon keeps protecting when its stdout pipe breaks (a dead log shipper)', () =>
+  withDaemonDir('tsf-epipe-', async ({ dir, log, start }) => {
+    const d = start(sshConfig(dir, log));
     await d.waitFor(/msg=started/);
     d.child.stdout!.destroy();
     const t = Date.now();
@@ -42,19 +31,12 @@ test('the daemon keeps protecting when its stdout pipe breaks (a dead log shippe
     const banned = () => isBanned(path.join(dir, 'tsfilter.db'), '192.0.2.91');
     await until(banned, 20_000, 'the ban to be stored');
     assert.equal(d.child.exitCode, null, 'still running');
-  } finally {
-    await d.stop('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-test('SIGHUP: a ban lifted because its address became ignored is enforced again when the entry is removed', async () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'tsf-hup2-'));
-  const log = path.join(dir, 'auth.log');
-  writeFileSync(log, '');
-  const cfg = sshConfig(dir, log);
-  const d = new DaemonProcess(cfg);
-  try {
+test('SIGHUP: a ban lifted because its address became ignored is enforced again when the entry is removed', () =>
+  withDaemonDir('tsf-hup2-', async ({ dir, log, start }) => {
+    const cfg = sshConfig(dir, log);
+    const d = start(cfg);
     await d.waitFor(/msg=started/);
     const b = runCli(['ban', '203.0.113.62', '--duration', '1h', '--config', cfg]);
     assert.equal(b.code, 0, b.stderr);
@@ -70,8 +52,4 @@ test('SIGHUP: a ban lifted because its address became ignored is enforced again 
     writeFileSync(cfg, JSON.stringify(c));
     d.child.kill('SIGHUP');
     await until(() => /would block" ip=203\.0\.113\.62 /.test(d.out.slice(mark)), 20_000, 'the ban to be enforced again');
-  } finally {
-    await d.stop('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));

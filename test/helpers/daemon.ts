@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { CLI, REPO } from './cli.ts';
 import { openSqliteStore } from '../../src/store/sqlite-store.ts';
@@ -77,5 +78,30 @@ export function isBanned(dbFile: string, ip: string): boolean {
     return s.activeBans(Date.now()).some((b) => b.ip === ip);
   } finally {
     s.close();
+  }
+}
+
+/**
+ * A temporary data directory holding an empty `auth.log`, for a test that runs daemons: every daemon started with
+ * `start` is killed, and the directory removed, when `fn` ends, passed or failed.
+ */
+export async function withDaemonDir(
+  prefix: string,
+  fn: (t: { dir: string; log: string; start(configFile: string): DaemonProcess }) => Promise<void>,
+): Promise<void> {
+  const dir = mkdtempSync(path.join(tmpdir(), prefix));
+  const log = path.join(dir, 'auth.log');
+  writeFileSync(log, '');
+  const started: DaemonProcess[] = [];
+  const start = (configFile: string) => {
+    const d = new DaemonProcess(configFile);
+    started.push(d);
+    return d;
+  };
+  try {
+    await fn({ dir, log, start });
+  } finally {
+    for (const d of started) await d.stop('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
   }
 }
