@@ -1,10 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { DaemonProcess, sshConfig } from './helpers/daemon.ts';
+import { sshConfig, withDaemonDir } from './helpers/daemon.ts';
 import { JOURNAL_REMOTE, haveCommand, requirePrereq } from './helpers/prereq.ts';
 import { openSqliteStore } from '../src/store/sqlite-store.ts';
 
@@ -19,23 +18,22 @@ function writeJournal(file: string, entries: { unit: string; message: string; us
 
 test('on a host without auth.log the SSH rule reads the journal (journal messages, no syslog header) and bans', async (t) => {
   if (!requirePrereq(t, !!JOURNAL_REMOTE && haveCommand('journalctl'), 'systemd-journal-remote or journalctl', 'install them with `apt-get install -y systemd-journal-remote`')) return;
-  const dir = mkdtempSync(path.join(tmpdir(), 'tsf-journal-'));
-  const journal = path.join(dir, 'remote.journal');
-  // A journal's entries are in time order; each gets the next second. They start in the past: journald (and
-  // systemd-journal-remote) treat a file whose last entry lies in the future as corrupt and replace it.
-  let usec = (Date.now() - 120_000) * 1000;
-  const at = () => (usec += 1e6);
-  // Before the daemon starts: three failures from the attacker, and noise from another unit.
-  writeJournal(journal, [0, 1, 2, 3, 4, 5].flatMap((i) => [
-    ...(i < 3 ? [{ unit: 'ssh.service', message: `Failed password for root from 192.0.2.60 port ${5000 + i} ssh2`, usec: at() }] : []),
-    { unit: 'cron.service', message: `Failed password for root from 192.0.2.61 port ${5000 + i} ssh2`, usec: at() },
-  ]));
-  const cfg = sshConfig(dir, path.join(dir, 'no-such-auth.log'));
-  const c = JSON.parse(readFileSync(cfg, 'utf8'));
-  c.settings.rules.ssh.journal = { matches: ['_SYSTEMD_UNIT=ssh.service', '+', '_SYSTEMD_UNIT=sshd.service'], mode: 'fallback', files: [journal] };
-  writeFileSync(cfg, JSON.stringify(c));
-  const d = new DaemonProcess(cfg);
-  try {
+  await withDaemonDir('tsf-journal-', async ({ dir, start }) => {
+    const journal = path.join(dir, 'remote.journal');
+    // A journal's entries are in time order; each gets the next second. They start in the past: journald (and
+    // systemd-journal-remote) treat a file whose last entry lies in the future as corrupt and replace it.
+    let usec = (Date.now() - 120_000) * 1000;
+    const at = () => (usec += 1e6);
+    // Before the daemon starts: three failures from the attacker, and noise from another unit.
+    writeJournal(journal, [0, 1, 2, 3, 4, 5].flatMap((i) => [
+      ...(i < 3 ? [{ unit: 'ssh.service', message: `Failed password for root from 192.0.2.60 port ${5000 + i} ssh2`, usec: at() }] : []),
+      { unit: 'cron.service', message: `Failed password for root from 192.0.2.61 port ${5000 + i} ssh2`, usec: at() },
+    ]));
+    const cfg = sshConfig(dir, path.join(dir, 'no-such-auth.log'));
+    const c = JSON.parse(readFileSync(cfg, 'utf8'));
+    c.settings.rules.ssh.journal = { matches: ['_SYSTEMD_UNIT=ssh.service', '+', '_SYSTEMD_UNIT=sshd.service'], mode: 'fallback', files: [journal] };
+    writeFileSync(cfg, JSON.stringify(c));
+    const d = start(cfg);
     await d.waitFor(/msg=started/);
     await d.waitFor(/msg="following the journal"/);
     // Two more, appended while the daemon follows the journal: the fifth failure bans.
@@ -53,8 +51,5 @@ test('on a host without auth.log the SSH rule reads the journal (journal message
     } finally {
       store.close();
     }
-  } finally {
-    await d.stop('SIGKILL');
-    if (!process.env.KEEP) rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
