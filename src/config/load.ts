@@ -6,6 +6,7 @@ import type { RuleConfig } from '../rules/types.ts';
 import { PatternError } from '../rules/types.ts';
 import type { CountingPolicy } from '../detect/types.ts';
 import { compileRule } from '../rules/compile.ts';
+import type { PortScope } from '../firewall/types.ts';
 
 export interface ConfigProblem {
   /** JSON path such as settings.rules.ssh.regex_patterns[2]. */
@@ -41,6 +42,8 @@ export interface RuleSettings {
   policy: CountingPolicy;
   /** Seconds; <= 0 is permanent. */
   banTime: number;
+  /** What this rule's bans block: null is all traffic from the address. */
+  scope: PortScope | null;
 }
 
 /** The validated, normalised configuration the daemon runs on. */
@@ -52,7 +55,11 @@ export interface Config {
   sqlitePath: string;
   banTime: number;
   denyType: 'DROP' | 'REJECT';
-  firewall: 'nftables' | 'dry-run';
+  firewall: 'nftables' | 'iptables' | 'ipset' | 'dry-run';
+  forward: boolean;
+  iptables: { iptables: string; ip6tables: string; chain: string; checkInterval: number };
+  ipset: { ipset: string; maxelem: number };
+  subnetBans: { enabled: boolean; ipv4Prefix: number; ipv6Prefix: number; threshold: number; findTime: number };
   banTimeFactor: number;
   banTimeMax: number;
   protectSessions: boolean;
@@ -173,6 +180,16 @@ export function parseConfig(json: unknown, file: string, opts: { cwd?: string } 
     banTime: s.ban_time,
     denyType: s.deny_type,
     firewall: s.firewall,
+    forward: s.forward,
+    iptables: { iptables: s.iptables.iptables, ip6tables: s.iptables.ip6tables, chain: s.iptables.chain, checkInterval: s.iptables.check_interval },
+    ipset: { ipset: s.ipset.ipset, maxelem: s.ipset.maxelem },
+    subnetBans: {
+      enabled: s.subnet_bans.enabled,
+      ipv4Prefix: s.subnet_bans.ipv4_prefix,
+      ipv6Prefix: s.subnet_bans.ipv6_prefix,
+      threshold: s.subnet_bans.threshold,
+      findTime: s.subnet_bans.find_time,
+    },
     banTimeFactor: s.ban_time_factor,
     banTimeMax: s.ban_time_max,
     protectSessions: s.protect_sessions,
@@ -236,5 +253,6 @@ function normaliseRule(name: string, r: RawRule, raw: RawConfig): RuleSettings {
     match,
     policy,
     banTime: r.ban_time ?? s.ban_time,
+    scope: r.ports && r.ports.length > 0 ? { protocol: r.protocol, ports: [...new Set(r.ports)].sort((a, b) => a - b) } : null,
   };
 }

@@ -84,6 +84,15 @@ const ruleKnownKeys = {
   request_time: positiveSeconds('request_time').optional().describe('Per-rule override of settings.request_time.'),
   find_time: positiveSeconds('find_time').nullable().optional().describe('Per-rule override of settings.find_time (null: gap counting).'),
   ban_time: seconds('ban_time').optional().describe('Per-rule override of settings.ban_time.'),
+  ports: z
+    .array(z.number().int().min(1).max(65535), { error: 'expected a list of port numbers 1-65535' })
+    .max(15, { error: 'expected at most 15 ports (one iptables multiport match)' })
+    .optional()
+    .describe('Block only these ports for this rule\'s bans (e.g. [22], [80, 443]); absent: all traffic from the address.'),
+  protocol: z
+    .enum(['tcp', 'udp'], { error: 'expected "tcp" or "udp"' })
+    .default('tcp')
+    .describe('The protocol of `ports`.'),
 };
 
 /** Keys of a rule other than the known ones must be lists of strings, usable as `[pattern, "<key>"]` (e.g. urls). */
@@ -127,9 +136,13 @@ export const settingsSchema = z.strictObject({
     .default('DROP')
     .describe('What the firewall does with a banned address: DROP, or REJECT with a reset/unreachable reply.'),
   firewall: z
-    .enum(['nftables', 'dry-run'], { error: 'expected "nftables" or "dry-run"' })
+    .enum(['nftables', 'iptables', 'ipset', 'dry-run'], { error: 'expected "nftables", "iptables", "ipset" or "dry-run"' })
     .default('nftables')
-    .describe('The enforcer: "nftables" (table inet tsfilter, sets with per-element timeouts) or "dry-run", which only logs.'),
+    .describe('The enforcer: "nftables" (table inet tsfilter, sets with per-element timeouts), "iptables" (a TSFILTER chain, one rule per ban, batches through iptables-restore), "ipset" (hash:net sets with timeouts, one iptables rule each) or "dry-run", which only logs.'),
+  forward: z
+    .boolean()
+    .default(false)
+    .describe('Also block banned sources on the forward path, so containers published by Docker are protected (nftables: a forward hook; iptables/ipset: a jump from DOCKER-USER if it exists, else FORWARD).'),
   ban_time_factor: z
     .number()
     .min(1, { error: 'expected a number >= 1' })
@@ -160,11 +173,46 @@ export const settingsSchema = z.strictObject({
     })
     .default({ nft: 'nft', check_interval: 2, priority: -10, verify_interval: 60 })
     .describe('The nftables enforcer (table inet tsfilter).'),
+  iptables: z
+    .strictObject({
+      iptables: z.string().min(1).default('iptables').describe('The iptables binary; <binary>-restore and <binary>-save are used too (e.g. "iptables-legacy").'),
+      ip6tables: z.string().min(1).default('ip6tables').describe('The ip6tables binary, as iptables.'),
+      chain: z
+        .string()
+        .regex(/^[A-Za-z0-9_-]{1,28}$/, { error: 'expected a chain name of letters, digits, _ and - (at most 28)' })
+        .default('TSFILTER')
+        .describe('The chain holding TSFilter\'s rules, jumped to from INPUT (and FORWARD/DOCKER-USER with forward).'),
+      check_interval: positiveSeconds('check_interval')
+        .default(5)
+        .describe('Seconds between checks that the chain, its jumps and the sets are intact; what vanished is recreated.'),
+    })
+    .default({ iptables: 'iptables', ip6tables: 'ip6tables', chain: 'TSFILTER', check_interval: 5 })
+    .describe('The iptables and ipset enforcers.'),
+  ipset: z
+    .strictObject({
+      ipset: z.string().min(1).default('ipset').describe('The ipset binary.'),
+      maxelem: z.number().int().min(1024).max(16_777_216).default(1_048_576).describe('Capacity of each set.'),
+    })
+    .default({ ipset: 'ipset', maxelem: 1_048_576 })
+    .describe('The ipset enforcer (sets tsfilter4, tsfilter6, their -ports and -allow companions).'),
+  subnet_bans: z
+    .strictObject({
+      enabled: z.boolean().default(false).describe('Ban a whole prefix when enough of its addresses were banned.'),
+      ipv4_prefix: z.number().int().min(8).max(31).default(24).describe('IPv4 prefix length to escalate to.'),
+      ipv6_prefix: z.number().int().min(16).max(127).default(64).describe('IPv6 prefix length to escalate to (attackers rotate through a /64).'),
+      threshold: z.number().int().min(2).default(3).describe('Distinct addresses of one prefix banned within find_time that ban the prefix.'),
+      find_time: positiveSeconds('find_time').default(3600).describe('The window, in seconds, in which those bans must fall.'),
+    })
+    .default({ enabled: false, ipv4_prefix: 24, ipv6_prefix: 64, threshold: 3, find_time: 3600 })
+    .describe('Subnet escalation, as sshguard\'s IPV6_SUBNET but automatic. ignored_ips inside a banned prefix still pass.'),
   ignored_ips: z
     .array(ipOrCidr, { error: 'expected a list of IP addresses or CIDR ranges' })
     .default(['127.0.0.1'])
     .describe('Addresses and CIDR ranges (IPv4 and IPv6) that are never counted or banned.'),
-  reload_iptables: z.boolean().default(true).describe('PyFilter: restore Config/blacklist.v4/.v6 at start (used by the iptables backend).'),
+  reload_iptables: z
+    .boolean()
+    .default(true)
+    .describe('PyFilter: with the iptables or ipset enforcer, import <data_dir>/Config/blacklist.v4/.v6 at start (iptables-save format) and keep them current; delete a line and restart to unban.'),
   use_dns: z
     .boolean()
     .default(false)
