@@ -39,11 +39,12 @@
  * Rows of banned_ip without an ip are ignored (never imported, never deleted).
  */
 import Database from 'better-sqlite3';
+import type { PortScope } from '../firewall/types.ts';
 import type { Position } from '../sources/types.ts';
 import type { BanOrigin, BanRecord, CounterState, Store } from './types.ts';
 
 /** The schema version this code writes. A file with a higher `user_version` is refused. */
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 /** `PRAGMA application_id` of a TSFilter store ('TSFI'). PyFilter's files have 0, which is accepted. */
 export const APPLICATION_ID = 0x54534649;
 /** The server name PyFilter writes into banned_ip.server_name. */
@@ -88,13 +89,14 @@ export class StoreError extends Error {
 /** The columns every ban query selects, in this order; rows are read in raw (array) mode, which is about twice as fast
  * as better-sqlite3's object rows for activeBans() over 100k bans. */
 const BAN_COLUMNS =
-  'id, ip, rule, reason, created_at, expires_at, failures, ban_count, origin, server, country, lines, ended_at, end_reason, banned_ip_id';
-type RawBan = [number, string, string, string, number, number | null, number, number, string, string, string | null, string | null, number | null, string | null, number | null];
+  'id, ip, rule, reason, created_at, expires_at, failures, ban_count, origin, server, country, lines, ended_at, end_reason, banned_ip_id, scope';
+type RawBan = [number, string, string, string, number, number | null, number, number, string, string, string | null, string | null, number | null, string | null, number | null, string | null];
 
 function fromRaw(a: RawBan): BanRow {
   return {
     id: a[0], ip: a[1], rule: a[2], reason: a[3], created_at: a[4], expires_at: a[5], failures: a[6], ban_count: a[7],
     origin: a[8], server: a[9], country: a[10], lines: a[11], ended_at: a[12], end_reason: a[13], banned_ip_id: a[14],
+    scope: a[15],
   };
 }
 
@@ -105,6 +107,8 @@ function recordFromRaw(a: RawBan): BanRecord {
   };
   const lines = parseLines(a[11]);
   if (lines !== undefined) rec.lines = lines;
+  const scope = parseScope(a[15]);
+  if (scope !== null) rec.scope = scope;
   return rec;
 }
 
@@ -124,6 +128,7 @@ interface BanRow {
   ended_at: number | null;
   end_reason: string | null;
   banned_ip_id: number | null;
+  scope: string | null;
 }
 
 interface LegacyRow {
@@ -181,6 +186,10 @@ const MIGRATIONS: ((db: Db) => void)[] = [
       );
     `);
   },
+  // 1 -> 2. A ban may be limited to some ports of one protocol ("tcp:22,443"); NULL blocks all traffic.
+  (db) => {
+    db.exec('ALTER TABLE bans ADD COLUMN scope TEXT');
+  },
 ];
 
 if (MIGRATIONS.length !== SCHEMA_VERSION) throw new Error('store: MIGRATIONS does not match SCHEMA_VERSION');
@@ -212,6 +221,21 @@ function wrapError(path: string, err: unknown, doing: string): unknown {
   return new StoreError(path, `${doing}: ${what} (${detail})`, { cause: err });
 }
 
+/** "tcp:22,443" <-> { protocol: 'tcp', ports: [22, 443] }; anything else reads as all traffic (NULL). */
+export function formatScope(scope: PortScope | null | undefined): string | null {
+  if (!scope || scope.ports.length === 0) return null;
+  return `${scope.protocol}:${scope.ports.join(',')}`;
+}
+
+export function parseScope(text: string | null): PortScope | null {
+  if (text === null) return null;
+  const m = /^(tcp|udp):(\d{1,5}(?:,\d{1,5})*)$/.exec(text);
+  if (!m) return null;
+  const ports = m[2]!.split(',').map(Number);
+  if (ports.some((p) => p < 1 || p > 65535)) return null;
+  return { protocol: m[1] as 'tcp' | 'udp', ports };
+}
+
 function parseLines(json: string | null): string[] | undefined {
   if (json === null) return undefined;
   try {
@@ -237,6 +261,8 @@ function toRecord(r: BanRow): BanRecord {
   };
   const lines = parseLines(r.lines);
   if (lines !== undefined) rec.lines = lines;
+  const scope = parseScope(r.scope);
+  if (scope !== null) rec.scope = scope;
   return rec;
 }
 
@@ -264,6 +290,9 @@ function checkBan(ban: Omit<BanRecord, 'banCount'>): void {
   checkTime('ban expiresAt', ban.expiresAt, true);
   checkTime('ban failures', ban.failures, false);
   if (ban.country !== undefined && ban.country !== null) checkString('ban country', ban.country, true);
+  if (ban.scope && (parseScope(formatScope(ban.scope)) === null || ban.scope.ports.some((p) => !Number.isInteger(p)))) {
+    throw new TypeError('store: ban scope must be { protocol: "tcp" | "udp", ports: [1..65535] }');
+  }
   if (ban.lines !== undefined && (!Array.isArray(ban.lines) || ban.lines.some((l) => typeof l !== 'string'))) {
     throw new TypeError('store: ban lines must be an array of strings');
   }
@@ -400,9 +429,9 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
       'INSERT INTO banned_ip (ip, time_banned, server_name, log_msg, country) VALUES (?, ?, ?, ?, ?)',
     ),
     deleteMirror: db.prepare<[number, string]>('DELETE FROM banned_ip WHERE id = ? AND ip = ?'),
-    insertBan: db.prepare<[string, string, string, number, number | null, number, number, string, string, string | null, string | null, number | bigint]>(`
-      INSERT INTO bans (ip, rule, reason, created_at, expires_at, failures, ban_count, origin, server, country, lines, banned_ip_id)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+    insertBan: db.prepare<[string, string, string, number, number | null, number, number, string, string, string | null, string | null, number | bigint, string | null]>(`
+      INSERT INTO bans (ip, rule, reason, created_at, expires_at, failures, ban_count, origin, server, country, lines, banned_ip_id, scope)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
     endBan: db.prepare<[number, string, number]>('UPDATE bans SET ended_at = ?, end_reason = ? WHERE id = ?'),
     getPos: db.prepare<[string], { inode: number; offset: number; fingerprint: string; cursor: string | null }>(
       'SELECT inode, "offset" AS offset, fingerprint, cursor FROM positions WHERE key = ?',
@@ -482,11 +511,13 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
           s.insertBan.run(
             ban.ip, ban.rule, ban.reason, ban.createdAt, ban.expiresAt, ban.failures, banCount, ban.origin, server,
             country, ban.lines === undefined ? null : JSON.stringify(ban.lines), mirror.lastInsertRowid,
+            formatScope(ban.scope),
           );
           const record: BanRecord = {
             ip: ban.ip, rule: ban.rule, reason: ban.reason, createdAt: ban.createdAt, expiresAt: ban.expiresAt,
             failures: ban.failures, banCount, origin: ban.origin, server, country,
           };
+          if (ban.scope) record.scope = { protocol: ban.scope.protocol, ports: [...ban.scope.ports] };
           if (ban.lines !== undefined) record.lines = [...ban.lines];
           return { added: true, record };
         });

@@ -1,3 +1,4 @@
+import type { PortScope } from '../firewall/types.ts';
 import type { PositionStore } from '../sources/types.ts';
 
 export type BanOrigin = 'local' | 'manual' | 'remote' | 'pyfilter';
@@ -18,6 +19,8 @@ export interface BanRecord {
   country?: string | null;
   /** The log lines that earned it. */
   lines?: string[];
+  /** Only these ports are blocked (the rule's `ports`); absent or null: all traffic. */
+  scope?: PortScope | null;
 }
 
 /** Per-(rule, ip) counting state that must survive a restart. */
