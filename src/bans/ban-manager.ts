@@ -1,6 +1,7 @@
 import type { BanDecision } from '../detect/types.ts';
 import { normalizeIp } from '../detect/ip.ts';
-import type { Enforcer, Enforcement } from '../firewall/types.ts';
+import type { Enforcer, Enforcement, PortScope } from '../firewall/types.ts';
+import { canonicalTarget, prefixOf, targetContains, type Target } from '../firewall/target.ts';
 import type { BanRecord, Store } from '../store/types.ts';
 import type { Logger } from '../util/logger.ts';
 import { BanLog, banMessage } from './ban-log.ts';
@@ -13,7 +14,11 @@ export interface BanManagerOptions {
    * Addresses that must never be banned, checked again here so no path around the detector can ban them.
    * why() (optional) says why, for the message a refused manual ban gets.
    */
-  ignore: { has(ip: string): boolean; why?(ip: string): string | null };
+  ignore: { has(ip: string): boolean; why?(ip: string): string | null; whyRange?(t: Target): string | null };
+  /** What a rule's bans block (its `ports`); null or absent: all traffic. */
+  scope?(rule: string): PortScope | null;
+  /** Subnet escalation (settings.subnet_bans); absent or disabled: none. */
+  subnetBans?: SubnetBanSettings;
   /** Called after an address is banned or unbanned by hand (the daemon: detector.forget). */
   forget?: (ip: string) => void;
   /** Seconds for a rule's bans; <= 0 is permanent. */
@@ -31,6 +36,44 @@ export interface BanManagerOptions {
 }
 
 type BanInput = Omit<BanRecord, 'banCount'>;
+
+export interface SubnetBanSettings {
+  enabled: boolean;
+  ipv4Prefix: number;
+  ipv6Prefix: number;
+  /** Distinct addresses of one prefix banned within findTime seconds that ban the prefix. */
+  threshold: number;
+  findTime: number;
+}
+
+/** Whether a ban with scope `have` already blocks everything a ban with scope `want` would. */
+export function scopeCovers(have: PortScope | null | undefined, want: PortScope | null | undefined): boolean {
+  if (!have) return true;
+  if (!want) return false;
+  return have.protocol === want.protocol && want.ports.every((p) => have.ports.includes(p));
+}
+
+/** The scope that blocks both: the union of the ports for one protocol, all traffic otherwise. */
+function widen(a: PortScope | null | undefined, b: PortScope | null | undefined): PortScope | null {
+  if (!a || !b || a.protocol !== b.protocol) return null;
+  return { protocol: a.protocol, ports: [...new Set([...a.ports, ...b.ports])].sort((x, y) => x - y) };
+}
+
+/** Canonical text of an address (lenient: brackets, zone, mapped IPv4) or a CIDR prefix; null if neither. */
+export function normalizeSource(s: string): string | null {
+  if (typeof s !== 'string') return null;
+  if (!s.includes('/')) return normalizeIp(s);
+  return canonicalTarget(s)?.text ?? null;
+}
+
+function toEnforcement(b: BanRecord, ip = b.ip): Enforcement {
+  const e: Enforcement = { ip, expiresAt: b.expiresAt, rule: b.rule };
+  if (b.scope) e.scope = b.scope;
+  return e;
+}
+
+/** Prefixes tracked for subnet escalation at most; the oldest are dropped first (bounded memory under a flood). */
+const MAX_TRACKED_PREFIXES = 50_000;
 
 /** A request the caller may not make (ignored or protected address, not an IP): exit code 2 in the CLI. */
 export class BanRefused extends Error {
@@ -61,6 +104,8 @@ interface Decided {
   enforced: boolean;
   /** Logged as banned already (after a failed commit: it was enforced before it could be stored). */
   announced: boolean;
+  /** An active ban with a narrower scope is replaced by this wider one. */
+  replaces?: boolean;
 }
 
 /**
@@ -87,9 +132,68 @@ export class BanManager {
   private lastError: { enforcer: string; error: string; at: number } | null = null;
   private retrying = false;
   private readonly refusedLogged = new Set<string>();
+  /** Active prefix bans (few): an address inside one needs no ban of its own. */
+  private prefixBans = new Map<string, { target: Target; expiresAt: number | null; scope: PortScope | null }>();
+  /** Subnet escalation: per prefix, the addresses banned in it recently and when (insertion order = age). */
+  private readonly recentByPrefix = new Map<string, Map<string, number>>();
 
   constructor(private readonly o: BanManagerOptions) {
     this.now = o.now ?? Date.now;
+    this.loadPrefixBans();
+  }
+
+  /** (Re)reads the active prefix bans and, for subnet escalation, the recent address bans from the store. */
+  private loadPrefixBans(): void {
+    const now = this.now();
+    this.prefixBans = new Map();
+    for (const b of this.o.store.activeBans(now)) {
+      const t = canonicalTarget(b.ip);
+      if (t === null) continue;
+      if (t.isPrefix) this.prefixBans.set(t.text, { target: t, expiresAt: b.expiresAt, scope: b.scope ?? null });
+      else if (this.o.subnetBans?.enabled && b.origin === 'local') this.noteForSubnet(t.text, b.createdAt);
+    }
+  }
+
+  private notePrefixBan(b: BanRecord): void {
+    if (!b.ip.includes('/')) return;
+    const t = canonicalTarget(b.ip);
+    if (t?.isPrefix) this.prefixBans.set(t.text, { target: t, expiresAt: b.expiresAt, scope: b.scope ?? null });
+  }
+
+  private scopeOf(rule: string): PortScope | null {
+    return this.o.scope?.(rule) ?? null;
+  }
+
+  /** An active prefix ban that already blocks `ip` for `scope`, or undefined. */
+  private coveringPrefix(ip: string, scope: PortScope | null, now: number): string | undefined {
+    if (this.prefixBans.size === 0) return undefined;
+    for (const [text, p] of this.prefixBans) {
+      if (p.expiresAt !== null && p.expiresAt <= now) {
+        this.prefixBans.delete(text);
+        continue;
+      }
+      if (targetContains(p.target, ip) && scopeCovers(p.scope, scope)) return text;
+    }
+    return undefined;
+  }
+
+  /** Records a local ban of `ip` for subnet escalation; returns the prefix and its distinct recent addresses. */
+  private noteForSubnet(ip: string, at: number): { prefix: Target; count: number } | null {
+    const sb = this.o.subnetBans;
+    if (!sb?.enabled) return null;
+    const prefix = prefixOf(ip, ip.includes(':') ? sb.ipv6Prefix : sb.ipv4Prefix);
+    if (prefix === null) return null;
+    let recent = this.recentByPrefix.get(prefix.text);
+    if (recent === undefined) {
+      if (this.recentByPrefix.size >= MAX_TRACKED_PREFIXES) this.recentByPrefix.delete(this.recentByPrefix.keys().next().value!);
+      recent = new Map();
+      this.recentByPrefix.set(prefix.text, recent);
+    }
+    const since = at - sb.findTime * 1000;
+    for (const [a, t] of recent) if (t < since) recent.delete(a);
+    recent.delete(ip);
+    recent.set(ip, at);
+    return { prefix, count: recent.size };
   }
 
   /** SIGHUP: new durations and escalation settings (the functions may close over the new config). */
@@ -119,26 +223,87 @@ export class BanManager {
     const now = this.o.useEventTime ? d.time : this.now();
     const unstored = this.pendingIps.get(d.ip);
     if (unstored !== undefined && (unstored.expiresAt === null || unstored.expiresAt > now)) return null;
-    if (this.o.store.activeBan(d.ip, now)) return null;
-    const previous = this.o.store.banCount(d.ip) + (unstored?.count ?? 0);
-    const seconds = this.durationFor(d.rule, previous);
-    const input: BanInput = {
-      ip: d.ip,
-      rule: d.rule,
+    let scope = this.scopeOf(d.rule);
+    let replaces = false;
+    const active = this.o.store.activeBan(d.ip, now);
+    if (active) {
+      if (scopeCovers(active.scope, scope)) return null;
+      // Banned for other ports by another rule, now attacking these: one ban that blocks both.
+      scope = widen(active.scope, scope);
+      replaces = true;
+    }
+    if (this.coveringPrefix(d.ip, scope, now) !== undefined) return null;
+    const record = this.push(d.ip, d.rule, now, scope, replaces, d.instant, {
       reason: banMessage(d.ip, d.rule, this.o.failedAttempts(d.rule), d.instant),
+      failures: d.failures,
+      lines: d.lines,
+    });
+    if (!replaces) this.escalateSubnet(d.ip, d.rule, now, scope);
+    return record;
+  }
+
+  /** Queues a decided ban of `ip` (an address or a prefix) for writePending(). */
+  private push(
+    ip: string,
+    rule: string,
+    now: number,
+    scope: PortScope | null,
+    replaces: boolean,
+    instant: boolean,
+    what: { reason: string; failures: number; lines?: string[] },
+  ): BanRecord {
+    const unstored = this.pendingIps.get(ip);
+    const previous = this.o.store.banCount(ip) + (unstored?.count ?? 0);
+    const seconds = this.durationFor(rule, previous);
+    const input: BanInput = {
+      ip,
+      rule,
+      reason: what.reason,
       createdAt: now,
       expiresAt: seconds === null ? null : now + seconds * 1000,
-      failures: d.failures,
+      failures: what.failures,
       origin: 'local',
       server: this.o.server,
       country: null,
-      lines: d.lines,
+      lines: what.lines,
     };
+    if (scope) input.scope = scope;
     const record: BanRecord = { ...input, banCount: previous + 1 };
-    this.pending.push({ input, record, instant: d.instant, enforced: false, announced: false });
-    this.pendingIps.set(d.ip, { expiresAt: input.expiresAt, count: (unstored?.count ?? 0) + 1 });
+    this.pending.push({ input, record, instant, enforced: false, announced: false, replaces });
+    this.pendingIps.set(ip, { expiresAt: input.expiresAt, count: (unstored?.count ?? 0) + 1 });
     this.bansDecided++;
     return record;
+  }
+
+  /**
+   * Subnet escalation: when `threshold` distinct addresses of one prefix were banned within find_time, the prefix
+   * is banned too (sshguard's IPV6_SUBNET, but decided from the evidence). A prefix that would hold an ignored-wide
+   * range, a loopback, this host's or a current SSH session's address is never banned (whyRange).
+   */
+  private escalateSubnet(ip: string, rule: string, now: number, scope: PortScope | null): void {
+    const hit = this.noteForSubnet(ip, now);
+    if (hit === null || hit.count < this.o.subnetBans!.threshold) return;
+    const { prefix } = hit;
+    const pend = this.pendingIps.get(prefix.text);
+    if (pend !== undefined && (pend.expiresAt === null || pend.expiresAt > now)) return;
+    const active = this.o.store.activeBan(prefix.text, now);
+    if (active && scopeCovers(active.scope, scope)) return;
+    const why = this.o.ignore.whyRange?.(prefix) ?? null;
+    if (why !== null) {
+      if (!this.refusedLogged.has(prefix.text)) {
+        this.refusedLogged.add(prefix.text);
+        this.o.logger.warn('not banning a prefix: it is protected', { prefix: prefix.text, rule, why });
+      }
+      return;
+    }
+    const addresses = [...this.recentByPrefix.get(prefix.text)!.keys()];
+    this.recentByPrefix.delete(prefix.text);
+    const banScope = active ? widen(active.scope, scope) : scope;
+    this.push(prefix.text, rule, now, banScope, active !== undefined, false, {
+      reason: `Subnet ${prefix.text} banned: ${addresses.length} of its addresses were banned via ${rule} within ${this.o.subnetBans!.findTime} s.`,
+      failures: addresses.length,
+      lines: addresses.map((a) => `banned ${a}`),
+    });
   }
 
   /** Inside the caller's transaction: stores the decided bans, and again those whose transaction failed. */
@@ -148,9 +313,13 @@ export class BanManager {
     this.pending = [];
     this.pendingIps.clear();
     for (const d of todo) {
+      if (d.replaces) this.o.store.removeBan(d.input.ip, d.input.createdAt, `widened to ${d.input.scope ? `${d.input.scope.protocol} ports ${d.input.scope.ports.join(',')}` : 'all traffic'} by rule ${d.input.rule}`);
       const { added, record } = this.o.store.addBan(d.input);
       // Not added: the address got an active ban meanwhile (another rule, the CLI): nothing more to do.
-      if (added) this.written.push({ ...d, record });
+      if (added) {
+        this.written.push({ ...d, record });
+        this.notePrefixBan(record);
+      }
       else if (!d.announced) this.written.push({ ...d, record, enforced: true, announced: true });
     }
   }
@@ -189,7 +358,7 @@ export class BanManager {
     for (const d of this.pending) {
       if (d.enforced) continue;
       d.enforced = true;
-      batch.push({ ip: d.record.ip, expiresAt: d.record.expiresAt, rule: d.record.rule });
+      batch.push(toEnforcement(d.record));
     }
     if (batch.length > 0) void this.enforce(batch);
   }
@@ -202,7 +371,7 @@ export class BanManager {
     const batch: Enforcement[] = [];
     for (const d of decided) {
       const { record, instant } = d;
-      if (!d.enforced) batch.push({ ip: record.ip, expiresAt: record.expiresAt, rule: record.rule });
+      if (!d.enforced) batch.push(toEnforcement(record));
       if (d.announced) continue;
       this.o.logger.info('banned', {
         ip: record.ip,
@@ -313,7 +482,7 @@ export class BanManager {
         for (const ip of q.bans.keys()) {
           const cur = this.o.store.activeBan(ip, now);
           if (cur === undefined || this.o.ignore.has(ip)) continue;
-          bans.push({ ip, expiresAt: cur.expiresAt, rule: cur.rule });
+          bans.push(toEnforcement(cur, ip));
         }
         const unbans = [...q.unbans];
         q.bans.clear();
@@ -377,9 +546,12 @@ export class BanManager {
    * active ban of the address is replaced (so a ban can be made longer or permanent).
    */
   async manualBan(ipText: string, seconds: number | null | undefined, reason?: string): Promise<ManualBanResult> {
-    const ip = normalizeIp(ipText);
-    if (ip === null) throw new BanRefused(`${JSON.stringify(ipText.slice(0, 100))} is not an IP address`);
-    const why = this.o.ignore.why ? this.o.ignore.why(ip) : this.o.ignore.has(ip) ? 'an ignored or protected address' : null;
+    const ip = normalizeSource(ipText);
+    if (ip === null) throw new BanRefused(`${JSON.stringify(ipText.slice(0, 100))} is not an IP address or CIDR prefix`);
+    const target = canonicalTarget(ip)!;
+    let why: string | null;
+    if (target.isPrefix) why = this.o.ignore.whyRange ? this.o.ignore.whyRange(target) : null;
+    else why = this.o.ignore.why ? this.o.ignore.why(ip) : this.o.ignore.has(ip) ? 'an ignored or protected address' : null;
     if (why !== null) throw new BanRefused(`${ip} is ${why}: refusing to ban it`);
     const now = this.now();
     const previous = this.o.store.banCount(ip);
@@ -400,6 +572,7 @@ export class BanManager {
       replaced = this.o.store.removeBan(ip, now, 'replaced by a manual ban');
       return this.o.store.addBan(input);
     });
+    this.notePrefixBan(record);
     this.o.forget?.(ip);
     this.o.logger.info('banned', {
       ip,
@@ -410,15 +583,16 @@ export class BanManager {
       replaced,
       until: record.expiresAt === null ? 'permanent' : new Date(record.expiresAt).toISOString(),
     });
-    const enforced = await this.enforce([{ ip, expiresAt: record.expiresAt, rule: record.rule }]);
+    const enforced = await this.enforce([toEnforcement(record, ip)]);
     return { record, replaced, enforced };
   }
 
   /** Lifts the ban of an address (store and firewall) and forgets its failures. Returns whether it was banned. */
-  async unban(ipText: string, reason = 'unbanned with tsfilter unban'): Promise<{ ip: string; removed: boolean; enforced: boolean }> {
-    const ip = normalizeIp(ipText);
-    if (ip === null) throw new BanRefused(`${JSON.stringify(ipText.slice(0, 100))} is not an IP address`);
+  async unban(ipText: string, reason = 'unbanned with tsfilter unban'): Promise<{ ip: string; removed: boolean; enforced: boolean; stillBlockedBy?: string }> {
+    const ip = normalizeSource(ipText);
+    if (ip === null) throw new BanRefused(`${JSON.stringify(ipText.slice(0, 100))} is not an IP address or CIDR prefix`);
     const removed = this.o.store.removeBan(ip, this.now(), reason);
+    this.prefixBans.delete(ip);
     // A ban decided but not yet stored (its commit comes on the next turn of the event loop, or after a failed one)
     // is dropped too, or the commit would store it again after the operator was told it was lifted.
     const notYetStored = this.dropUnstored((x) => x === ip).length > 0;
@@ -431,7 +605,7 @@ export class BanManager {
       for (const e of this.o.enforcers) {
         if (!e.elements) continue;
         try {
-          if ((await e.elements()).some((x) => normalizeIp(x) === ip)) inFirewall = true;
+          if ((await e.elements()).some((x) => normalizeSource(x) === ip)) inFirewall = true;
         } catch {
           /* the unban below reports enforcer failures */
         }
@@ -439,7 +613,9 @@ export class BanManager {
     }
     if (inFirewall) enforced = await this.lift([ip]);
     if (removed || inFirewall) this.o.logger.info('unbanned', { ip, reason });
-    return { ip, removed: removed || inFirewall, enforced };
+    // Lifting an address inside a banned prefix does not lift the prefix: say so rather than pretend it is free.
+    const stillBlockedBy = ip.includes('/') ? undefined : this.coveringPrefix(ip, null, this.now());
+    return stillBlockedBy === undefined ? { ip, removed: removed || inFirewall, enforced } : { ip, removed: removed || inFirewall, enforced, stillBlockedBy };
   }
 
   /** Drops decided-but-unstored bans of the addresses `which` selects; returns their addresses. */
@@ -468,7 +644,8 @@ export class BanManager {
     });
     for (const ip of this.dropUnstored(() => true)) if (!ips.includes(ip)) ips.push(ip);
     for (const ip of ips) this.o.forget?.(ip);
-    const normal = ips.map((ip) => normalizeIp(ip)).filter((ip): ip is string => ip !== null);
+    this.prefixBans.clear();
+    const normal = ips.map((ip) => normalizeSource(ip)).filter((ip): ip is string => ip !== null);
     const enforced = normal.length === 0 ? true : await this.lift(normal);
     this.o.logger.info('unbanned every address', { count: ips.length, reason });
     return { ips, enforced };
@@ -485,7 +662,8 @@ export class BanManager {
   async expire(): Promise<BanRecord[]> {
     const ended = this.o.store.expireBans(this.now());
     if (ended.length === 0) return ended;
-    const ips = ended.map((b) => normalizeIp(b.ip)).filter((ip): ip is string => ip !== null);
+    for (const b of ended) this.prefixBans.delete(b.ip);
+    const ips = ended.map((b) => normalizeSource(b.ip)).filter((ip): ip is string => ip !== null);
     if (ips.length > 0) await this.lift(ips);
     for (const b of ended) this.o.logger.info('ban expired', { ip: b.ip, rule: b.rule });
     return ended;
@@ -498,16 +676,17 @@ export class BanManager {
   enforceable(opts: { quiet?: boolean } = {}): Enforcement[] {
     const out: Enforcement[] = [];
     for (const b of this.o.store.activeBans(this.now())) {
-      const ip = normalizeIp(b.ip);
+      const ip = normalizeSource(b.ip);
       if (ip === null) {
         if (!opts.quiet) this.o.logger.warn('active ban is not an IP address; not enforced', { value: b.ip.slice(0, 100), rule: b.rule });
         continue;
       }
-      if (this.o.ignore.has(ip)) {
-        if (!opts.quiet) this.o.logger.warn('active ban of an ignored address is not enforced', { ip, rule: b.rule });
+      const t = canonicalTarget(ip)!;
+      if (t.isPrefix ? (this.o.ignore.whyRange?.(t) ?? null) !== null : this.o.ignore.has(ip)) {
+        if (!opts.quiet) this.o.logger.warn('active ban of an ignored or protected address is not enforced', { ip, rule: b.rule });
         continue;
       }
-      out.push({ ip, expiresAt: b.expiresAt, rule: b.rule });
+      out.push(toEnforcement(b, ip));
     }
     return out;
   }
@@ -554,7 +733,7 @@ export class BanManager {
         try {
           const stale: string[] = [];
           for (const raw of await e.elements()) {
-            const ip = normalizeIp(raw);
+            const ip = normalizeSource(raw);
             if (ip === null || want.has(ip)) continue;
             if (this.o.store.banCount(ip) > 0) stale.push(ip);
             else foreign++;

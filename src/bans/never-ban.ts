@@ -1,6 +1,10 @@
 import { IgnoreList } from '../detect/cidr-trie.ts';
 import { isLoopback, ProtectedAddresses, WHY_LOCAL, WHY_LOOPBACK, WHY_SSH_CLIENT, WHY_SSH_SESSION, WHY_SSH_UNVERIFIED } from '../detect/protected-addresses.ts';
 import type { Logger } from '../util/logger.ts';
+import { canonicalTarget, targetContains, type Target } from '../firewall/target.ts';
+
+/** Prefix bans wider than these are refused: a typo like /2 would cut the server off from most of the Internet. */
+export const MIN_PREFIX = { 4: 8, 6: 16 } as const;
 
 /** What never-ban checks need from ProtectedAddresses (tests substitute fixtures). */
 export interface Protector {
@@ -94,6 +98,29 @@ export class NeverBan {
       why = this.protector.list().some((p) => p.ip === ip && p.why === WHY_SSH_CLIENT) ? WHY_SSH_CLIENT : null;
     }
     return why === null ? null : (PHRASES[why] ?? why);
+  }
+
+  /**
+   * Why a prefix must not be banned, or null. Refused: a prefix wider than MIN_PREFIX, one wholly inside an
+   * ignored_ips entry, and one that holds a loopback, a host's own or a current SSH session's address (banning it would
+   * lock the owner out). An ignored address merely inside the prefix is fine: the enforcers let ignored_ips through
+   * ahead of every ban.
+   */
+  whyRange(t: Target): string | null {
+    if (!t.isPrefix) return this.why(t.text);
+    if (t.prefixLength < MIN_PREFIX[t.family]) return `wider than /${MIN_PREFIX[t.family]} (too wide to ban)`;
+    for (const e of this.entries) {
+      const et = canonicalTarget(e.trim());
+      if (et !== null && et.family === t.family && et.prefixLength <= t.prefixLength && targetContains(et, t.address)) {
+        return `inside ignored_ips (${e.trim()})`;
+      }
+    }
+    for (const lo of ['127.0.0.1', '::1']) if (targetContains(t, lo)) return `a range holding ${lo} (${PHRASES[WHY_LOOPBACK]})`;
+    for (const p of this.protector.list()) {
+      if (p.why === WHY_SSH_UNVERIFIED || !targetContains(t, p.ip)) continue;
+      return `a range holding ${p.ip} (${PHRASES[p.why] ?? p.why})`;
+    }
+    return null;
   }
 
   /** For `tsfilter status`. */
