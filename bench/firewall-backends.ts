@@ -29,7 +29,7 @@ const PHASE_CAP_MS = 40_000;
 const TOTAL_BUDGET_MS = 170_000;
 const MIN_LEFT_MS = 20_000;
 /** PyFilter's one-process-per-ban loop stops after this long, whatever count it reached. */
-const PER_PROCESS_BUDGET_MS = { insert: 18_000, delete: 12_000 };
+const PER_PROCESS_BUDGET_MS = { insert: 18_000, delete: 6_000 };
 
 export interface Rate {
   connects: number;
@@ -57,8 +57,8 @@ export interface BackendResult {
 }
 
 export interface PerProcessResult {
-  inserts: { count: number; ms: number }[];
-  deletes: { count: number; ms: number }[];
+  inserts: Segment[];
+  deletes: Segment[];
   /** ms per process as a + b * chainLength, fitted from the two segments (b = 0 with one segment). */
   insertFit: { a: number; b: number };
   deleteFit: { a: number; b: number };
@@ -182,6 +182,12 @@ async function connectRate(l: Lab, seconds: number): Promise<Rate> {
   return { ...j, perSec: j.ms > 0 ? (j.connects * 1000) / j.ms : 0 };
 }
 
+/** The baseline, after a short discarded run: the listener's first connections are slower (cold JIT, caches). */
+async function warmBaseline(l: Lab, seconds: number): Promise<Rate> {
+  await connectRate(l, 0.5);
+  return connectRate(l, seconds);
+}
+
 /** One connect from the client: 'ok', 'timeout' (dropped) or an error code. */
 async function probe(l: Lab): Promise<string> {
   const js = `const s = require('net').connect({ host: '${SERVER}', port: ${PORT}, localAddress: '${CLIENT}' });
@@ -193,13 +199,16 @@ async function probe(l: Lab): Promise<string> {
   return r.stdout.trim() || `exit ${r.code}: ${r.stderr.trim()}`;
 }
 
+const base = (netns: string) => ({ denyType: 'DROP' as const, netns, logger: quiet, timeoutMs: PHASE_CAP_MS + 5000 });
+
 interface BackendSpec {
   name: string;
-  make(netns: string): Promise<Enforcer>;
+  /** Loads the backend's module; the result builds the enforcer for a namespace. */
+  load(): Promise<(netns: string) => Enforcer>;
 }
 
 /** A backend written by someone else, possibly not there yet: loaded at run time, so its absence is a table row. */
-async function dynamicEnforcer(file: string, exportName: string, opts: Record<string, unknown>): Promise<Enforcer> {
+async function dynamicEnforcer(file: string, exportName: string, opts: Record<string, unknown>): Promise<(netns: string) => Enforcer> {
   let mod: Record<string, unknown>;
   try {
     mod = (await import(new URL(`../src/firewall/${file}`, import.meta.url).href)) as Record<string, unknown>;
@@ -211,34 +220,34 @@ async function dynamicEnforcer(file: string, exportName: string, opts: Record<st
   }
   const Ctor = mod[exportName];
   if (typeof Ctor !== 'function') throw new Error(`src/firewall/${file} exports no ${exportName}`);
-  return new (Ctor as new (o: Record<string, unknown>) => Enforcer)(opts);
+  return (netns) => new (Ctor as new (o: Record<string, unknown>) => Enforcer)({ ...base(netns), checkInterval: 0, ...opts });
 }
 
-const base = (netns: string) => ({ denyType: 'DROP', netns, logger: quiet, timeoutMs: PHASE_CAP_MS + 5000 });
 export const BACKENDS: BackendSpec[] = [
-  { name: 'nftables (sets)', make: async (netns) => new NftablesEnforcer({ ...base(netns), denyType: 'DROP', checkIntervalMs: 0 }) },
-  { name: 'ipset (+ iptables-nft match)', make: (netns) => dynamicEnforcer('ipset.ts', 'IpsetEnforcer', { ...base(netns), checkInterval: 0 }) },
-  { name: 'iptables (nf_tables)', make: (netns) => dynamicEnforcer('iptables.ts', 'IptablesEnforcer', { ...base(netns), checkInterval: 0 }) },
-  {
-    name: 'iptables-legacy',
-    make: (netns) =>
-      dynamicEnforcer('iptables.ts', 'IptablesEnforcer', { ...base(netns), checkInterval: 0, iptables: 'iptables-legacy', ip6tables: 'ip6tables-legacy' }),
-  },
+  { name: 'nftables (sets)', load: async () => (netns) => new NftablesEnforcer({ ...base(netns), checkIntervalMs: 0 }) },
+  { name: 'ipset', load: () => dynamicEnforcer('ipset.ts', 'IpsetEnforcer', {}) },
+  { name: 'iptables (nf_tables)', load: () => dynamicEnforcer('iptables.ts', 'IptablesEnforcer', {}) },
+  { name: 'iptables-legacy', load: () => dynamicEnforcer('iptables.ts', 'IptablesEnforcer', { iptables: 'iptables-legacy', ip6tables: 'ip6tables-legacy' }) },
 ];
 
 async function runBackend(spec: BackendSpec, bans: Enforcement[], seconds: number, deadline: number): Promise<BackendResult> {
   const res: BackendResult = { backend: spec.name };
   const cap = () => Math.max(5000, Math.min(PHASE_CAP_MS, deadline - Date.now() - MIN_LEFT_MS));
+  let make: (netns: string) => Enforcer;
+  try {
+    make = await spec.load();
+  } catch (err) {
+    return { ...res, error: `not available: ${firstLine(err)}` };
+  }
   let l: Lab | undefined;
   try {
     l = await makeLab();
-    res.baseline = await connectRate(l, seconds);
+    res.baseline = await warmBaseline(l, seconds);
     let e: Enforcer;
     try {
-      e = await spec.make(l.S);
+      e = make(l.S);
     } catch (err) {
-      res.error = `not available: ${firstLine(err)}`;
-      return res;
+      return { ...res, error: `not available: ${firstLine(err)}` };
     }
     const started = await capped(e.start(), cap());
     if (!started.ok) return { ...res, error: `not available: start() failed: ${started.error}` };
@@ -270,45 +279,60 @@ async function runBackend(spec: BackendSpec, bans: Enforcement[], seconds: numbe
 }
 
 /**
- * Runs inside the server namespace, as PyFilter does: one iptables/ip6tables process per ban, one at a time; then
- * one `-D` per rule, oldest first (the order bans expire). Prints the elapsed time at each mark.
+ * Runs inside the server namespace, as PyFilter does: one iptables/ip6tables process per rule, one at a time. Inserts
+ * up to c1 rules, deletes the k oldest (one `-D` each, the order bans expire), inserts up to c2, deletes the k oldest
+ * again: insert and delete costs at two chain lengths. Prints each segment: processes, ms, chain length before/after.
  */
 const PER_PROCESS_DRIVER = `const { spawnSync } = require('child_process');
 let input = '';
 process.stdin.setEncoding('utf8').on('data', (d) => (input += d)).on('end', () => {
-  const { ips, insertMarks, deleteMarks, budget } = JSON.parse(input);
-  const phase = (op, list, marks, budgetMs) => {
-    const t0 = process.hrtime.bigint();
-    const at = [];
-    const el = () => Number(process.hrtime.bigint() - t0) / 1e6;
-    for (let i = 0; i < list.length; i++) {
-      const ip = list[i];
-      const r = spawnSync(ip.includes(':') ? 'ip6tables' : 'iptables', [op, 'INPUT', '-s', ip, '-j', 'DROP'], { encoding: 'utf8' });
-      if (r.status !== 0) throw new Error(op + ' ' + ip + ': ' + (r.stderr || r.error));
-      const t = el();
-      if (marks.includes(i + 1)) at.push({ count: i + 1, ms: t });
-      else if (t > budgetMs) { at.push({ count: i + 1, ms: t }); break; }
-    }
-    return at;
+  const { ips, c1, c2, k, budget } = JSON.parse(input);
+  const one = (op, ip) => {
+    const t = process.hrtime.bigint();
+    const r = spawnSync(ip.includes(':') ? 'ip6tables' : 'iptables', [op, 'INPUT', '-s', ip, '-j', 'DROP'], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(op + ' ' + ip + ': ' + (r.stderr || r.error));
+    return Number(process.hrtime.bigint() - t) / 1e6;
   };
-  const inserts = phase('-I', ips, insertMarks, budget.insert);
-  const done = inserts[inserts.length - 1].count;
-  const deletes = phase('-D', ips.slice(0, done), deleteMarks.filter((m) => m < done).concat([done]), budget.delete);
+  const t0 = Date.now();
+  let chain = 0, next = 0, oldest = 0;
+  const inserts = [], deletes = [];
+  const insertTo = (count) => {
+    const seg = { n: 0, ms: 0, lenFrom: chain, lenTo: chain };
+    while (next < count && Date.now() - t0 < budget.insert) { seg.ms += one('-I', ips[next++]); chain++; seg.n++; }
+    seg.lenTo = chain;
+    inserts.push(seg);
+  };
+  const deleteOldest = () => {
+    const seg = { n: 0, ms: 0, lenFrom: chain, lenTo: chain };
+    while (seg.n < k && oldest < next && seg.ms < budget.delete) { seg.ms += one('-D', ips[oldest++]); chain--; seg.n++; }
+    seg.lenTo = chain;
+    deletes.push(seg);
+  };
+  insertTo(c1); deleteOldest(); insertTo(c2); deleteOldest();
   console.log(JSON.stringify({ inserts, deletes }));
 });`;
 
-/** ms per process = a + b * chainLength, from two segments [{count, ms}] whose mean chain lengths are given. */
-function fit(segs: { n: number; ms: number; meanLen: number }[]): { a: number; b: number } {
-  const per = segs.filter((s) => s.n > 0).map((s) => ({ m: s.ms / s.n, len: s.meanLen }));
-  if (per.length < 2 || per[1]!.len === per[0]!.len) {
+export interface Segment {
+  /** Processes run. */
+  n: number;
+  ms: number;
+  /** Rules in INPUT (IPv4 + IPv6 chains together) before and after. */
+  lenFrom: number;
+  lenTo: number;
+}
+
+/** ms per process = a + b * chainLength, fitted through two segments (b = 0, the mean, when there is no trend). */
+function fit(segs: Segment[]): { a: number; b: number } {
+  const per = segs.filter((s) => s.n > 0).map((s) => ({ m: s.ms / s.n, len: (s.lenFrom + s.lenTo) / 2 }));
+  const b = per.length === 2 && per[1]!.len !== per[0]!.len ? (per[1]!.m - per[0]!.m) / (per[1]!.len - per[0]!.len) : 0;
+  if (b <= 0) {
     const n = segs.reduce((x, s) => x + s.n, 0);
     return { a: n > 0 ? segs.reduce((x, s) => x + s.ms, 0) / n : 0, b: 0 };
   }
-  const b = Math.max(0, (per[1]!.m - per[0]!.m) / (per[1]!.len - per[0]!.len));
   return { a: Math.max(0, per[0]!.m - b * per[0]!.len), b };
 }
 
-/** Sum of a + b * len over chain lengths 1..n (inserting n, or deleting n down to 0). */
+/** Sum of a + b * len over chain lengths 1..n: n processes inserting into a growing chain, or deleting it to empty. */
 const total = (f: { a: number; b: number }, n: number) => f.a * n + (f.b * n * n) / 2;
 
 async function runPyFilter(bans: Enforcement[], seconds: number): Promise<BackendResult> {
@@ -316,7 +340,7 @@ async function runPyFilter(bans: Enforcement[], seconds: number): Promise<Backen
   let l: Lab | undefined;
   try {
     l = await makeLab();
-    res.baseline = await connectRate(l, seconds);
+    res.baseline = await warmBaseline(l, seconds);
     const targets = bans.map((b) => {
       const t = canonicalTarget(b.ip);
       if (t === null) throw new Error(`not an address: ${b.ip}`);
@@ -324,21 +348,15 @@ async function runPyFilter(bans: Enforcement[], seconds: number): Promise<Backen
     });
     const c2 = Math.min(3000, bans.length);
     const c1 = Math.min(1000, Math.floor(c2 / 3));
+    const k = Math.max(1, Math.min(200, Math.floor(c1 / 4)));
     const r = await l.lab.run(l.S, [process.execPath, '-e', PER_PROCESS_DRIVER], {
-      input: JSON.stringify({ ips: targets.slice(0, c2).map((t) => t.text), insertMarks: [c1, c2], deleteMarks: [c1], budget: PER_PROCESS_BUDGET_MS }),
-      timeoutMs: PER_PROCESS_BUDGET_MS.insert + PER_PROCESS_BUDGET_MS.delete + 30_000,
+      input: JSON.stringify({ ips: targets.slice(0, c2).map((t) => t.text), c1, c2, k, budget: PER_PROCESS_BUDGET_MS }),
+      timeoutMs: PER_PROCESS_BUDGET_MS.insert + 2 * PER_PROCESS_BUDGET_MS.delete + 30_000,
     });
-    const pp = JSON.parse(r.stdout.trim() || 'null') as { inserts: { count: number; ms: number }[]; deletes: { count: number; ms: number }[] } | null;
+    const pp = JSON.parse(r.stdout.trim() || 'null') as { inserts: Segment[]; deletes: Segment[] } | null;
     if (pp === null) throw new Error(`per-process loop failed (exit ${r.code}${r.timedOut ? ', timed out' : ''}): ${r.stderr.trim().slice(0, 200)}`);
-    // Segments: inserting grows the chain from 0; deleting (oldest first) shrinks it from `done` to 0.
-    const segs = (marks: { count: number; ms: number }[], lenAt: (count: number) => number) =>
-      marks.map((m, i) => {
-        const prev = i === 0 ? { count: 0, ms: 0 } : marks[i - 1]!;
-        return { n: m.count - prev.count, ms: m.ms - prev.ms, meanLen: (lenAt(prev.count) + lenAt(m.count)) / 2 };
-      });
-    const done = pp.inserts[pp.inserts.length - 1]!.count;
-    const insertFit = fit(segs(pp.inserts, (c) => c));
-    const deleteFit = fit(segs(pp.deletes, (c) => done - c));
+    const insertFit = fit(pp.inserts);
+    const deleteFit = fit(pp.deletes);
     res.applyMs = total(insertFit, bans.length);
     res.removeMs = total(deleteFit, bans.length);
 
@@ -370,13 +388,13 @@ export async function runFirewallBackendsBench(n = 100_000, seconds = 3): Promis
   for (const spec of BACKENDS) {
     if (deadline - Date.now() < MIN_LEFT_MS) out.push({ backend: spec.name, error: 'skipped: out of time budget' });
     else out.push(await runBackend(spec, bans, seconds, deadline));
-    process.stderr.write(`  ${spec.name}: done\n`);
   }
   out.push(await runPyFilter(bans, seconds));
   return out;
 }
 
-const sec = (x: number | undefined) => (x === undefined ? '—' : x >= 100_000 ? `${(x / 60_000).toFixed(0)} min` : `${(x / 1000).toFixed(2)} s`);
+const sec = (x: number | undefined) =>
+  x === undefined ? '—' : x >= 7_200_000 ? `${(x / 3_600_000).toFixed(1)} h` : x >= 100_000 ? `${(x / 60_000).toFixed(0)} min` : `${(x / 1000).toFixed(2)} s`;
 const int = (x: number) => Math.round(x).toLocaleString('en');
 
 export function table(n: number, rs: BackendResult[]): string {
@@ -414,12 +432,15 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   }
   const p = rs.find((r) => r.perProcess)?.perProcess;
   if (p) {
-    const seg = (m: { count: number; ms: number }[]) => m.map((x) => `${int(x.count)} in ${sec(x.ms)}`).join(', ');
+    const seg = (ss: Segment[]) =>
+      ss.map((x) => `${int(x.n)} in ${sec(x.ms)} = ${(x.ms / Math.max(1, x.n)).toFixed(2)} ms each (chain ${int(x.lenFrom)} -> ${int(x.lenTo)})`).join('; ');
+    const f = (x: { a: number; b: number }) => `${x.a.toFixed(2)} ms + ${(x.b * 1000).toFixed(3)} ms per 1,000 rules in INPUT`;
     lines.push(
-      `PyFilter, measured: one process per rule, inserts ${seg(p.inserts)}; deletes (oldest first) ${seg(p.deletes)}.`,
-      `  per process: insert ${p.insertFit.a.toFixed(2)} ms + ${(p.insertFit.b * 1000).toFixed(3)} ms per 1,000 rules in the chains; ` +
-        `delete ${p.deleteFit.a.toFixed(2)} ms + ${(p.deleteFit.b * 1000).toFixed(3)} ms per 1,000 rules; ` +
-        `apply/remove of ${n.toLocaleString('en')} are EXTRAPOLATED from that linear trend.`,
+      `PyFilter, measured (one process per rule, IPv4 and IPv6 alternating):`,
+      `  inserts (iptables -I): ${seg(p.inserts)}`,
+      `  deletes, oldest first (iptables -D): ${seg(p.deletes)}`,
+      `  fitted per process: insert ${f(p.insertFit)}; delete ${f(p.deleteFit)};`,
+      `  apply/remove of ${n.toLocaleString('en')} in the table are EXTRAPOLATED from these fits (sum over the chain growing to / shrinking from ${n.toLocaleString('en')}).`,
       `  its connects/s are measured with all ${n.toLocaleString('en')} rules loaded by iptables-restore + ip6tables-restore in ${sec(p.restoreMs)} (PyFilter's reload_iptables).`,
     );
   }

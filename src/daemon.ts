@@ -443,7 +443,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
             return { unbanned: r.ips, enforced: r.enforced };
           }
           const r = await bans.unban(req.ip);
-          return { ip: r.ip, removed: r.removed, enforced: r.enforced };
+          return { ip: r.ip, removed: r.removed, enforced: r.enforced, still_blocked_by: r.stillBlockedBy ?? null };
         }
         case 'list':
           return { bans: store.activeBans(Date.now()).map(toListed) };

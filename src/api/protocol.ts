@@ -10,7 +10,7 @@
  * Responses: {"ok":true,...} or {"ok":false,"error":"...","kind":"usage"|"runtime"}. "usage" errors are the caller's
  * (bad request, invalid or refused address): the CLI exits 2 for them, 1 for "runtime" ones.
  */
-import { normalizeIp } from '../detect/ip.ts';
+import { normalizeSource } from '../firewall/target.ts';
 import { MAX_BAN_SECONDS } from '../bans/duration.ts';
 import type { BanRecord } from '../store/types.ts';
 
@@ -41,13 +41,13 @@ export function errorResponse(e: unknown): ErrorResponse {
   return { ok: false, error: e instanceof Error ? e.message : String(e), kind: 'runtime' };
 }
 
-/** A normalised IP address, or a UsageProblem saying why the text is not one. CIDR ranges are refused. */
+/** A normalised IP address or CIDR prefix ("2001:db8:1::/64"), or a UsageProblem saying why the text is neither. */
 export function parseIp(v: unknown): string {
-  if (typeof v !== 'string' || v === '') throw new UsageProblem('"ip" must be an IP address');
-  const ip = normalizeIp(v.trim());
+  if (typeof v !== 'string' || v === '') throw new UsageProblem('"ip" must be an IP address or CIDR prefix');
+  const ip = normalizeSource(v.trim());
   if (ip === null) {
     const shown = JSON.stringify(v.slice(0, 100));
-    throw new UsageProblem(`${shown} is not an IP address${v.includes('/') ? ' (ranges cannot be banned, only single addresses)' : ''}`);
+    throw new UsageProblem(`${shown} is not an IP address or CIDR prefix (e.g. 192.0.2.7, 198.51.100.0/24, 2001:db8:1::/64)`);
   }
   return ip;
 }

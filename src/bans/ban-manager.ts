@@ -1,7 +1,8 @@
 import type { BanDecision } from '../detect/types.ts';
-import { normalizeIp } from '../detect/ip.ts';
 import type { Enforcer, Enforcement, PortScope } from '../firewall/types.ts';
-import { canonicalTarget, prefixOf, targetContains, type Target } from '../firewall/target.ts';
+import { canonicalTarget, normalizeSource, prefixOf, targetContains, type Target } from '../firewall/target.ts';
+/** Re-exported for callers that think of it as the ban manager's input rule. */
+export { normalizeSource } from '../firewall/target.ts';
 import type { BanRecord, Store } from '../store/types.ts';
 import type { Logger } from '../util/logger.ts';
 import { BanLog, banMessage } from './ban-log.ts';
@@ -57,13 +58,6 @@ export function scopeCovers(have: PortScope | null | undefined, want: PortScope 
 function widen(a: PortScope | null | undefined, b: PortScope | null | undefined): PortScope | null {
   if (!a || !b || a.protocol !== b.protocol) return null;
   return { protocol: a.protocol, ports: [...new Set([...a.ports, ...b.ports])].sort((x, y) => x - y) };
-}
-
-/** Canonical text of an address (lenient: brackets, zone, mapped IPv4) or a CIDR prefix; null if neither. */
-export function normalizeSource(s: string): string | null {
-  if (typeof s !== 'string') return null;
-  if (!s.includes('/')) return normalizeIp(s);
-  return canonicalTarget(s)?.text ?? null;
 }
 
 function toEnforcement(b: BanRecord, ip = b.ip): Enforcement {

@@ -110,6 +110,7 @@ export async function unbanCommand(config: Config, ipText: string | undefined, o
   if (r !== null) {
     if (ip === undefined) out(`unbanned ${(r.unbanned as string[]).length} address(es)`);
     else out(r.removed ? `unbanned ${ip}` : `${ip} was not banned`);
+    if (typeof r.still_blocked_by === 'string') out(`note: ${ip} is still blocked by the ban of ${r.still_blocked_by} (tsfilter unban ${r.still_blocked_by})`);
     if (r.enforced === false) out('warning: the firewall change failed; the daemon retries it (see tsfilter status)');
     return;
   }

@@ -12,7 +12,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { loadConfigFile, parseConfig, type Config } from '../config/load.ts';
 import { NeverBan, type Protector } from '../bans/never-ban.ts';
-import { normalizeSource } from '../bans/ban-manager.ts';
+import { normalizeIp } from '../detect/ip.ts';
 import { parseBlacklist } from '../firewall/pyfilter-blacklist.ts';
 import { canonicalTarget } from '../firewall/target.ts';
 import { openSqliteStore, StoreError, type SqliteStore } from '../store/sqlite-store.ts';
@@ -97,6 +97,11 @@ const shown = (v: unknown): string => {
 };
 
 const str = (v: unknown): string | null => (typeof v === 'string' ? v : typeof v === 'number' ? String(v) : null);
+
+/** An address (lenient, as the daemon reads its store: brackets, zone, mapped IPv4) or a CIDR prefix, canonical. */
+function normalizeSource(s: string): string | null {
+  return s.includes('/') ? (canonicalTarget(s)?.text ?? null) : normalizeIp(s);
+}
 
 /** Where the daemon reads its config from, for writing: an existing file is not required (unlike resolveConfigPath). */
 function targetConfigPath(explicit?: string): string {
@@ -473,7 +478,7 @@ export function importPyfilterCommand(o: ImportOptions, out: (s: string) => void
     if (o.json) out(JSON.stringify(r));
     else for (const l of formatReport(r)) out(l);
   } catch (e) {
-    if (e instanceof StoreError) throw new Error(`${e.message}; nothing was imported`);
+    if (e instanceof StoreError) throw new Error(`${e.message}; no ban was imported`);
     throw e;
   }
 }

@@ -6,6 +6,7 @@ import { resolveConfigPath } from './config-path.ts';
 import { replay, UsageError, type ReplayBan } from './replay.ts';
 import { testRule } from './test-rule.ts';
 import { banCommand, listCommand, NotRunningError, statusCommand, unbanCommand } from './control.ts';
+import { importPyfilterCommand, type ImportOptions } from './import-pyfilter.ts';
 import { createLogger } from '../util/logger.ts';
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage. */
@@ -192,6 +193,19 @@ export function buildProgram(): Command {
           .join(', ')}; store ${config.sqlitePath})\n`,
       );
     });
+
+  const imp = program.command('import').description('Migrate from another tool.');
+  imp
+    .command('pyfilter')
+    .description("One-shot migration from a PyFilter install directory: its Config/config.json (data_dir moved out of the working directory), PyFilter.db's bans and Config/blacklist.v4/.v6 into TSFilter's config and store.")
+    .option('--from <dir>', 'the PyFilter install directory (default: the current directory)')
+    .option('-c, --config <file>', 'the TSFilter config to write (default: $TSFILTER_CONFIG, else /etc/tsfilter/config.json)')
+    .option('--data-dir <dir>', 'settings.data_dir of the written config (default: /var/lib/tsfilter)')
+    .option('--force', 'replace an existing TSFilter config')
+    .option('--dry-run', 'report what would be imported and skipped; write nothing')
+    .option('--json', 'the report as one JSON object')
+    .addHelpText('after', '\nExamples:\n  sudo tsfilter import pyfilter --from /opt/PyFilter --dry-run\n  sudo tsfilter import pyfilter --from /opt/PyFilter\n')
+    .action((o: ImportOptions) => importPyfilterCommand(o, out));
 
   return program;
 }

@@ -1,4 +1,5 @@
 import ipaddr from 'ipaddr.js';
+import { normalizeIp } from '../detect/ip.ts';
 import { canonicalAddress } from './nft-runner.ts';
 
 /** A ban's source, validated: what may reach a firewall command or script. */
@@ -60,4 +61,11 @@ export function targetContains(t: Target, ip: string): boolean {
 /** The prefix of length `len` that holds address `ip` (canonical), e.g. prefixOf("2001:db8:1::5", 64). */
 export function prefixOf(ip: string, len: number): Target | null {
   return canonicalTarget(`${ip}/${len}`);
+}
+
+/** Canonical text of an address (lenient: brackets, zone, mapped IPv4) or a CIDR prefix; null if neither. */
+export function normalizeSource(s: string): string | null {
+  if (typeof s !== 'string') return null;
+  if (!s.includes('/')) return normalizeIp(s);
+  return canonicalTarget(s)?.text ?? null;
 }
