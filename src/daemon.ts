@@ -67,6 +67,8 @@ export function createEnforcer(config: Config, logger: Logger): Enforcer {
     denyType: config.denyType,
     priority: config.nftables.priority,
     checkIntervalMs: config.nftables.checkInterval * 1000,
+    forward: config.forward,
+    allow: config.ignoredIps,
     logger,
   });
 }
@@ -105,6 +107,10 @@ const RESTART_ONLY: [string, (c: Config) => unknown][] = [
   ['settings.data_dir / sqlite.database', (c) => c.sqlitePath],
   ['settings.firewall', (c) => c.firewall],
   ['settings.nftables', (c) => JSON.stringify(c.nftables)],
+  ['settings.iptables', (c) => JSON.stringify(c.iptables)],
+  ['settings.ipset', (c) => JSON.stringify(c.ipset)],
+  ['settings.forward', (c) => c.forward],
+  ['settings.reload_iptables', (c) => c.reloadIptables],
   ['settings.deny_type', (c) => c.denyType],
   ['settings.control_socket', (c) => c.controlSocket],
   ['settings.database', (c) => c.database],
@@ -187,6 +193,8 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
       failedAttempts: (r) => cur.byName.get(r)?.policy.failedAttempts ?? 5,
       banTimeFactor: initial.banTimeFactor,
       banTimeMax: initial.banTimeMax,
+      scope: (r) => cur.byName.get(r)?.scope ?? null,
+      subnetBans: initial.subnetBans,
       server: initial.serverName,
       logger,
       banLog: initial.logging.active ? new BanLog(initial.logging.directory) : undefined,
@@ -194,14 +202,16 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
     let pipeline = new Pipeline(detector, (d) => bans.decide(d) !== null);
 
     // The table was flushed or nftables reloaded behind our back: the enforcer recreated it; put every ban back.
-    enforcer.onLost?.(() => {
-      if (stopping) return;
-      logger.warn('firewall state lost (ruleset flushed?); re-applying every active ban', { enforcer: enforcer.name });
-      bans.reapply(enforcer).then(
-        (n) => logger.info('bans re-applied', { enforcer: enforcer.name, count: n }),
-        (e) => logger.error('re-applying bans failed', { enforcer: enforcer.name, error: e }),
-      );
-    });
+    for (const e of enforcers) {
+      e.onLost?.(() => {
+        if (stopping) return;
+        logger.warn('firewall state lost (ruleset flushed?); re-applying every active ban', { enforcer: e.name });
+        bans.reapply(e).then(
+          (n) => logger.info('bans re-applied', { enforcer: e.name, count: n }),
+          (err) => logger.error('re-applying bans failed', { enforcer: e.name, error: err }),
+        );
+      });
+    }
     for (const e of enforcers) await e.start();
     const rec = await bans.reconcile();
     logger.info('started', {
@@ -403,7 +413,12 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
           failedAttempts: (r) => cur.byName.get(r)?.policy.failedAttempts ?? 5,
           banTimeFactor: next.banTimeFactor,
           banTimeMax: next.banTimeMax,
+          subnetBans: next.subnetBans,
         });
+        // ignored_ips pass ahead of every ban, prefix bans included: the enforcers' always-pass lists follow it.
+        for (const e of enforcers) {
+          await e.setAllowed?.(next.ignoredIps).catch((err: unknown) => logger.error('updating the always-allowed addresses failed', { enforcer: e.name, error: err }));
+        }
         // Addresses now ignored or protected are lifted from the firewall, as a restart would (their bans stay in
         // the store and come back when the entry is removed again).
         const lift = activeIps.filter((ip) => guard.has(ip));

@@ -191,7 +191,8 @@ export class BanManager {
   }
 
   /** SIGHUP: new durations and escalation settings (the functions may close over the new config). */
-  reconfigure(p: Pick<BanManagerOptions, 'banTime' | 'failedAttempts' | 'banTimeFactor' | 'banTimeMax'>): void {
+  reconfigure(p: Pick<BanManagerOptions, 'banTime' | 'failedAttempts' | 'banTimeFactor' | 'banTimeMax' | 'subnetBans'>): void {
+    this.o.subnetBans = p.subnetBans;
     this.o.banTime = p.banTime;
     this.o.failedAttempts = p.failedAttempts;
     this.o.banTimeFactor = p.banTimeFactor;
