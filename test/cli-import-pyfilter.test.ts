@@ -278,3 +278,18 @@ test('a corrupt PyFilter.db or an invalid config.json stops the import with a cl
     assert.deepEqual(tree(root).filter((f) => !f.startsWith('PyFilter')), []);
   });
 });
+
+test('the text report caps a long list of skips and says how many more there are', () => {
+  withLayout(({ py, target, data, db }) => {
+    const d = new Database(db);
+    const ins = d.prepare(PYFILTER_INSERT);
+    for (let i = 0; i < 60; i++) ins.run(`junk-${i}`, 1_600_000_000, 'Server-1', 'x', null);
+    d.close();
+    const r = runCli(['import', 'pyfilter', '--from', py, '--config', target, '--data-dir', data, '--dry-run']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /would import 5 .*; skipped 66/);
+    assert.equal(r.stdout.match(/^ {2}skipped /gm)?.length, 50);
+    assert.match(r.stdout, /^ {2}\.\.\. and 16 more \(--json lists them all\)$/m);
+    assert.match(r.stdout, /config would be written: /);
+  });
+});

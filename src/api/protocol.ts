@@ -136,6 +136,8 @@ export interface ListedBan {
   country: string | null;
   origin: string;
   failures: number;
+  /** "tcp:22,443" when only those ports are blocked; "all" otherwise. */
+  blocks: string;
 }
 
 export function toListed(b: BanRecord): ListedBan {
@@ -149,5 +151,6 @@ export function toListed(b: BanRecord): ListedBan {
     country: b.country ?? null,
     origin: b.origin,
     failures: b.failures,
+    blocks: b.scope ? `${b.scope.protocol}:${b.scope.ports.join(',')}` : 'all',
   };
 }

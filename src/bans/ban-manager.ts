@@ -1,8 +1,6 @@
 import type { BanDecision } from '../detect/types.ts';
 import type { Enforcer, Enforcement, PortScope } from '../firewall/types.ts';
 import { canonicalTarget, normalizeSource, prefixOf, targetContains, type Target } from '../firewall/target.ts';
-/** Re-exported for callers that think of it as the ban manager's input rule. */
-export { normalizeSource } from '../firewall/target.ts';
 import type { BanRecord, Store } from '../store/types.ts';
 import type { Logger } from '../util/logger.ts';
 import { BanLog, banMessage } from './ban-log.ts';

@@ -161,9 +161,9 @@ export async function listCommand(config: Config, o: { json?: boolean }, out: Ou
     out('no active bans');
     return;
   }
-  const rows = [['IP', 'RULE', 'ORIGIN', 'SINCE', 'EXPIRES', 'BANS', 'COUNTRY', 'REASON']];
+  const rows = [['IP', 'RULE', 'BLOCKS', 'ORIGIN', 'SINCE', 'EXPIRES', 'BANS', 'COUNTRY', 'REASON']];
   for (const b of bans) {
-    rows.push([b.ip, b.rule, b.origin, b.since, b.expires ?? 'permanent', String(b.ban_count), b.country ?? '-', JSON.stringify(b.reason).slice(1, -1)]);
+    rows.push([b.ip, b.rule, b.blocks ?? 'all', b.origin, b.since, b.expires ?? 'permanent', String(b.ban_count), b.country ?? '-', JSON.stringify(b.reason).slice(1, -1)]);
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
   for (const row of rows) out(row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  '));

@@ -12,9 +12,8 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { loadConfigFile, parseConfig, type Config } from '../config/load.ts';
 import { NeverBan, type Protector } from '../bans/never-ban.ts';
-import { normalizeIp } from '../detect/ip.ts';
 import { parseBlacklist } from '../firewall/pyfilter-blacklist.ts';
-import { canonicalTarget } from '../firewall/target.ts';
+import { canonicalTarget, normalizeSource } from '../firewall/target.ts';
 import { openSqliteStore, StoreError, type SqliteStore } from '../store/sqlite-store.ts';
 import { silentLogger } from '../util/logger.ts';
 import { SYSTEM_CONFIG } from './config-path.ts';
@@ -98,10 +97,6 @@ const shown = (v: unknown): string => {
 
 const str = (v: unknown): string | null => (typeof v === 'string' ? v : typeof v === 'number' ? String(v) : null);
 
-/** An address (lenient, as the daemon reads its store: brackets, zone, mapped IPv4) or a CIDR prefix, canonical. */
-function normalizeSource(s: string): string | null {
-  return s.includes('/') ? (canonicalTarget(s)?.text ?? null) : normalizeIp(s);
-}
 
 /** Where the daemon reads its config from, for writing: an existing file is not required (unlike resolveConfigPath). */
 function targetConfigPath(explicit?: string): string {
@@ -320,7 +315,7 @@ export function importPyfilter(o: ImportOptions): ImportReport {
   // 2. Decide every ban against the target store as it is now.
   const rel = (f: string) => path.relative(from, f) || f;
   const skipped: ImportSkip[] = [];
-  const candidates: (Candidate & { ip: string })[] = [];
+  let candidates: (Candidate & { ip: string })[] = [];
   const firstSource = new Map<string, string>();
   const never = new NeverBan(cfg.ignoredIps, NO_SESSIONS, silentLogger);
   let check: { banned: (ip: string) => boolean; close: () => void };
@@ -391,22 +386,27 @@ export function importPyfilter(o: ImportOptions): ImportReport {
         if (candidates.length > before && e.action !== cfg.denyType) rejects++;
       }
     }
-    skipped.sort((a, b) => order(a.source) - order(b.source));
 
     // 3. Write: the config, then every ban in one transaction.
+    const lost = new Set<Candidate>();
     if (!dryRun && resolved.text !== null) writeConfigAtomically(target, resolved.text, resolved.action === 'overwritten');
     if (store !== null && candidates.length > 0) {
       const s = store;
       s.transaction(() => {
         for (const c of candidates) {
           const ban = { ip: c.ip, rule: c.rule, reason: c.reason, createdAt: c.createdAt, expiresAt: null, failures: 0, origin: 'pyfilter' as const, server: c.server, country: c.country };
-          const r = s.addBan(ban);
+          let r = s.addBan(ban);
           // addBan judges "active" at the ban's createdAt: a timed ban that has run out but is not yet marked expired
           // would swallow an old PyFilter ban. Ban from now instead, which ends that stale one.
-          if (!r.added && r.record.expiresAt !== null && r.record.expiresAt <= now) s.addBan({ ...ban, createdAt: now });
+          if (!r.added && r.record.expiresAt !== null && r.record.expiresAt <= now) r = s.addBan({ ...ban, createdAt: now });
+          // Banned meanwhile (by the running daemon, say): report it as such rather than as imported.
+          if (!r.added) lost.add(c);
         }
       });
     }
+    for (const c of lost) skipped.push({ source: c.source, value: c.value, reason: `already banned in ${cfg.sqlitePath}` });
+    candidates = candidates.filter((c) => !lost.has(c));
+    skipped.sort((a, b) => order(a.source) - order(b.source));
   } finally {
     check.close();
     store?.close();
@@ -462,7 +462,10 @@ export function formatReport(r: ImportReport): string[] {
   out.push(`  blacklist ${[r.found.blacklist_v4, r.found.blacklist_v6].filter((x) => x !== null).join(', ') || '(none)'}`);
   const c = r.config;
   if (c.action === 'skipped') out.push(`config skipped: ${c.reason}; the bans go to the data dir it names: ${c.data_dir}`);
-  else out.push(`config ${c.action}: ${c.target} (PyFilter's config with settings.data_dir = ${c.data_dir}, mode 0600)`);
+  else {
+    const done = { written: 'written', overwritten: 'overwritten', 'would write': 'would be written', 'would overwrite': 'would be overwritten' }[c.action];
+    out.push(`config ${done}: ${c.target} (PyFilter's config with settings.data_dir = ${c.data_dir}, mode 0600)`);
+  }
   const b = r.bans;
   out.push(`bans: ${verb} ${b.imported} into ${c.store} (${b.from_database} from the database, ${b.from_blacklists} from the blacklists); skipped ${b.skipped.length}`);
   for (const s of b.skipped.slice(0, LIST_CAP)) out.push(`  skipped ${s.source} ${JSON.stringify(s.value)}: ${s.reason}`);
