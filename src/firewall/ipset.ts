@@ -172,9 +172,14 @@ export function parseSetElements(out: string): Map<string, number | null> {
 const PORT_KEY = /^[a-z0-9]{1,10}:[0-9]{1,5}$/;
 
 /** "192.0.2.7" or "192.0.2.7,tcp:22" -> canonical source and scope key ('' for a whole-source element). */
-export function splitElement(el: string): { source: Target; key: string } | null {
+export function splitElement(el: string, memo?: Map<string, Target | null>): { source: Target; key: string } | null {
   const comma = el.indexOf(',');
-  const source = canonicalTarget(comma < 0 ? el : el.slice(0, comma));
+  const raw = comma < 0 ? el : el.slice(0, comma);
+  let source = memo?.get(raw);
+  if (source === undefined) {
+    source = canonicalTarget(raw);
+    memo?.set(raw, source);
+  }
   const key = comma < 0 ? '' : el.slice(comma + 1).toLowerCase();
   if (source === null || (key !== '' && !PORT_KEY.test(key))) return null;
   return { source, key };
@@ -635,6 +640,8 @@ export class IpsetEnforcer implements Enforcer {
     const now = this.now();
     const detail = new Map<string, Map<string, number | null>>();
     const held = new Map<string, Held>();
+    // A source with several port elements is validated once.
+    const memo = new Map<string, Target | null>();
     for (const spec of SPECS) {
       if (spec.role === 'allow') continue;
       let out: string;
@@ -645,7 +652,7 @@ export class IpsetEnforcer implements Enforcer {
         throw err;
       }
       for (const [el, left] of parseSetElements(out)) {
-        const e = splitElement(el);
+        const e = splitElement(el, memo);
         if (e === null || (e.key === '') !== (spec.role === 'ban')) continue;
         const src = e.source.text;
         const d = detail.get(src) ?? new Map<string, number | null>();
