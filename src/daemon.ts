@@ -16,6 +16,7 @@ import { BanLog } from './bans/ban-log.ts';
 import { NeverBan } from './bans/never-ban.ts';
 import { DryRunEnforcer } from './firewall/dry-run.ts';
 import { NftablesEnforcer } from './firewall/nftables.ts';
+import { IpsetEnforcer } from './firewall/ipset.ts';
 import type { Enforcer } from './firewall/types.ts';
 import { Pipeline } from './pipeline.ts';
 import { createFileSource } from './sources/file-source.ts';
@@ -62,6 +63,18 @@ export interface DaemonHandle {
 /** The enforcer settings.firewall names. */
 export function createEnforcer(config: Config, logger: Logger): Enforcer {
   if (config.firewall === 'dry-run') return new DryRunEnforcer(logger);
+  const common = { denyType: config.denyType, forward: config.forward, allow: config.ignoredIps, logger };
+  if (config.firewall === 'ipset') {
+    // The ipset backend has its own chain (TSFILTER_IPSET), so switching from the iptables backend never mixes the two.
+    return new IpsetEnforcer({
+      ...common,
+      ipset: config.ipset.ipset,
+      maxelem: config.ipset.maxelem,
+      iptables: config.iptables.iptables,
+      ip6tables: config.iptables.ip6tables,
+      checkInterval: config.iptables.checkInterval,
+    });
+  }
   return new NftablesEnforcer({
     nft: config.nftables.nft,
     denyType: config.denyType,
