@@ -27,6 +27,10 @@ const damage: [string, string][] = [
   ['nft delete table inet tsfilter', 'delete table inet tsfilter\n'],
   ['a rule deleted (chain flushed)', 'flush chain inet tsfilter input\n'],
   ['a set deleted', 'flush chain inet tsfilter input\ndelete set inet tsfilter banned6\n'],
+  ['a prefix set deleted', 'flush chain inet tsfilter input\ndelete set inet tsfilter net6\n'],
+  ['a port set deleted', 'flush chain inet tsfilter input\ndelete set inet tsfilter netports4\n'],
+  // Another definition cannot be changed in place: the table is rebuilt (elements lost) and onLost puts them back.
+  ['a set redefined', 'flush chain inet tsfilter input\ndelete set inet tsfilter ports4\nadd set inet tsfilter ports4 { type ipv4_addr . inet_service; }\n'],
 ];
 
 for (const [what, script] of damage) {
@@ -37,6 +41,9 @@ for (const [what, script] of damage) {
     const active = [
       { ip: '192.0.2.5', expiresAt: Date.now() + 3600_000, rule: 'ssh' },
       { ip: '2001:db8::5', expiresAt: null, rule: 'ssh' },
+      { ip: '198.51.100.0/24', expiresAt: null, rule: 'ssh', scope: { protocol: 'tcp' as const, ports: [22] } },
+      { ip: '192.0.2.9', expiresAt: null, rule: 'ssh', scope: { protocol: 'udp' as const, ports: [53, 123] } },
+      { ip: '2001:db8:5::/64', expiresAt: Date.now() + 3600_000, rule: 'ssh' },
     ];
     const e: NftablesEnforcer = new NftablesEnforcer({
       denyType: 'DROP',
@@ -60,11 +67,18 @@ for (const [what, script] of damage) {
       assert.equal(e.health().repairs, 1);
       // The table is whole again and, after onLost, holds the bans.
       await waitFor(() => false, 300).catch(() => {});
-      assert.deepEqual((await e.elements()).sort(), ['192.0.2.5', '2001:db8::5']);
+      const want = active.map((b) => b.ip).sort();
+      assert.deepEqual((await e.elements()).sort(), want);
       assert.equal(await e.check(), true);
       assert.equal(lost, 1, 'repaired once');
       const rules = JSON.parse(lab.runSync(ns, ['nft', '-j', 'list', 'chain', 'inet', 'tsfilter', 'input'])).nftables.filter((o: { rule?: unknown }) => o.rule);
-      assert.equal(rules.length, 2);
+      assert.equal(rules.length, 10);
+      // Every element is back in its set, not merely reported: a fresh enforcer lists them from the kernel.
+      const fresh = new NftablesEnforcer({ denyType: 'DROP', netns: ns, logger: quiet, checkIntervalMs: 0 });
+      assert.deepEqual((await fresh.elements()).sort(), want);
+      const sets = lab.runSync(ns, ['nft', 'list', 'table', 'inet', 'tsfilter']);
+      assert.match(sets, /198\.51\.100\.0\/24 \. tcp \. 22/);
+      assert.match(sets, /192\.0\.2\.9 \. udp \. 53/);
     } finally {
       await e.stop();
     }

@@ -71,16 +71,33 @@ test('start builds table inet tsfilter; idempotent; other tables untouched; time
   assert.deepEqual(s4?.flags, ['timeout']);
   assert.equal(s6?.type, 'ipv6_addr');
   assert.deepEqual(s6?.flags, ['timeout']);
+  // The scoped, prefix and allow sets (test/firewall-nftables-scopes.test.ts proves what they do to packets).
+  const def = (name: string) => {
+    const x = objs.find((o) => o.set?.name === name)?.set;
+    return { type: x?.type, flags: x?.flags };
+  };
+  assert.deepEqual(def('net4'), { type: 'ipv4_addr', flags: ['interval', 'timeout'] });
+  assert.deepEqual(def('net6'), { type: 'ipv6_addr', flags: ['interval', 'timeout'] });
+  assert.deepEqual(def('ports4'), { type: ['ipv4_addr', 'inet_proto', 'inet_service'], flags: ['timeout'] });
+  assert.deepEqual(def('netports6'), { type: ['ipv6_addr', 'inet_proto', 'inet_service'], flags: ['interval', 'timeout'] });
+  assert.deepEqual(def('allow4'), { type: 'ipv4_addr', flags: ['interval'] });
+  assert.equal(objs.filter((o) => o.chain).length, 1, 'no forward chain unless asked for');
   const chain = objs.find((o) => o.chain)?.chain;
   assert.deepEqual(
     { name: chain.name, type: chain.type, hook: chain.hook, prio: chain.prio, policy: chain.policy },
     { name: 'input', type: 'filter', hook: 'input', prio: -10, policy: 'accept' },
   );
   const rules = objs.filter((o) => o.rule).map((o) => o.rule);
-  assert.equal(rules.length, 2);
-  assert.deepEqual(rules[0].expr[0], { match: { op: '==', left: { payload: { protocol: 'ip', field: 'saddr' } }, right: '@banned4' } });
-  assert.deepEqual(rules[0].expr.at(-1), { drop: null });
-  assert.deepEqual(rules[1].expr[0], { match: { op: '==', left: { payload: { protocol: 'ip6', field: 'saddr' } }, right: '@banned6' } });
+  // allow4, allow6 (accept) first, then per family: banned, net, ports, netports (drop).
+  assert.deepEqual(
+    rules.map((r) => r.comment),
+    ['allow4', 'allow6', 'banned4', 'net4', 'ports4', 'netports4', 'banned6', 'net6', 'ports6', 'netports6'].map((n) => `tsfilter:${n}`),
+  );
+  assert.deepEqual(rules[0].expr[0], { match: { op: '==', left: { payload: { protocol: 'ip', field: 'saddr' } }, right: '@allow4' } });
+  assert.deepEqual(rules[0].expr.at(-1), { accept: null });
+  assert.deepEqual(rules[2].expr[0], { match: { op: '==', left: { payload: { protocol: 'ip', field: 'saddr' } }, right: '@banned4' } });
+  assert.deepEqual(rules[2].expr.at(-1), { drop: null });
+  assert.deepEqual(rules[6].expr[0], { match: { op: '==', left: { payload: { protocol: 'ip6', field: 'saddr' } }, right: '@banned6' } });
   assert.equal(e.health().ok, true);
 
   const now = Date.now();
@@ -144,7 +161,7 @@ test('start builds table inet tsfilter; idempotent; other tables untouched; time
   await e3.start();
   objs = listTable(ns);
   assert.equal(objs.find((o) => o.chain)?.chain.prio, 5);
-  assert.equal(objs.filter((o) => o.rule).length, 4);
+  assert.equal(objs.filter((o) => o.rule).length, 18, 'allow x2, then two REJECT rules per ban set');
   assert.equal(setElems(objs, 'banned4').size, 3);
 
   await e.stop();
@@ -161,11 +178,16 @@ test('a crafted address is refused before nft runs', async (t) => {
   // An nft that records each call: proves nothing ran.
   const { e, log } = await recordingEnforcer(ns);
   const before = lab.runSync(ns, ['nft', 'list', 'ruleset']);
-  const crafted = ['192.0.2.1 } ; flush ruleset ; add element inet tsfilter banned4 { 192.0.2.2', '192.0.2.1\ndelete table inet tsfilter', '2001:db8::1 timeout 1s', '192.0.2.0/24'];
+  const crafted = ['192.0.2.1 } ; flush ruleset ; add element inet tsfilter banned4 { 192.0.2.2', '192.0.2.1\ndelete table inet tsfilter', '2001:db8::1 timeout 1s', '192.0.2.0/33', '192.0.2.0/24 timeout 1s'];
   for (const ip of crafted) {
     await assert.rejects(e.ban([{ ip, expiresAt: null, rule: 'x' }, { ip: '192.0.2.50', expiresAt: null, rule: 'x' }]), /not an IP address/);
     await assert.rejects(e.unban([ip]), /not an IP address/);
   }
+  // A malformed port scope is refused the same way.
+  for (const scope of [{ protocol: 'tcp', ports: [0] }, { protocol: 'tcp', ports: [22.5] }, { protocol: 'sctp', ports: [22] }, { protocol: 'tcp', ports: ['22 } ; flush ruleset'] }]) {
+    await assert.rejects(e.ban([{ ip: '192.0.2.50', expiresAt: null, rule: 'x', scope: scope as never }]), /invalid port scope/);
+  }
+  await assert.rejects(e.setAllowed(['192.0.2.0/24', '192.0.2.1 } ; flush ruleset']), /not an IP address/);
   assert.equal(lab.runSync(ns, ['nft', 'list', 'ruleset']), before, 'nothing changed: the whole batch was refused');
   assert.equal(readFileSync(log, 'utf8'), '', 'nft was never run');
   await e.stop();
@@ -203,5 +225,21 @@ test('a batch of 1,000 bans is one nft process and one transaction, never one pr
   writeFileSync(log, '');
   await e.unban(bans.map((b) => b.ip));
   assert.deepEqual(readFileSync(log, 'utf8').trim().split('\n'), ['-f -'], 'and one for the unban');
+  await e.stop();
+});
+
+test('unban removes a port-scoped source\'s elements even when a listing missed them', async (t) => {
+  if (!requireNetns(t)) return;
+  const ns = lab.ns('f');
+  const e = new NftablesEnforcer({ denyType: 'DROP', netns: ns, logger: quiet, checkIntervalMs: 0 });
+  await e.start();
+  await e.ban([{ ip: '192.0.2.30', expiresAt: null, rule: 'x', scope: { protocol: 'udp', ports: [53, 123] } }]);
+  // A dump of a big set can come back short: simulate one listing without the elements, then them back.
+  const els = '{ 192.0.2.30 . udp . 53, 192.0.2.30 . udp . 123 }';
+  lab.runSync(ns, ['nft', 'delete', 'element', 'inet', 'tsfilter', 'ports4', els]);
+  assert.deepEqual(await e.elements(), []);
+  lab.runSync(ns, ['nft', 'add', 'element', 'inet', 'tsfilter', 'ports4', els]);
+  await e.unban(['192.0.2.30']);
+  assert.doesNotMatch(lab.runSync(ns, ['nft', 'list', 'set', 'inet', 'tsfilter', 'ports4']), /192\.0\.2\.30/);
   await e.stop();
 });

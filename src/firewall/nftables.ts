@@ -1,52 +1,122 @@
-import type { Enforcer, Enforcement, EnforcerHealth } from './types.ts';
-import { canonicalAddress, NftError, runNft, type NftRunnerOptions } from './nft-runner.ts';
+import type { Enforcer, Enforcement, EnforcerHealth, PortScope } from './types.ts';
+import { NftError, runNft, type NftRunnerOptions } from './nft-runner.ts';
+import { canonicalTarget, prefixOf, targetContains, type Target } from './target.ts';
 
 /*
  * The nftables backend. TSFilter owns exactly one table, `inet tsfilter`, and never lists, flushes or touches any
  * other (never `flush ruleset`):
  *
  *   table inet tsfilter {
- *     set banned4 { type ipv4_addr; flags timeout; }      elements: 192.0.2.7 timeout 3600s, 192.0.2.8 (permanent)
- *     set banned6 { type ipv6_addr; flags timeout; }
+ *     set banned4   { type ipv4_addr; flags timeout; }            whole-source address bans: 192.0.2.7 timeout 3600s
+ *     set net4      { type ipv4_addr; flags interval, timeout; }  prefix bans: 198.51.100.0/24
+ *     set ports4    { type ipv4_addr . inet_proto . inet_service; flags timeout; }            192.0.2.7 . tcp . 22
+ *     set netports4 { type ipv4_addr . inet_proto . inet_service; flags interval, timeout; }  198.51.100.0/24 . tcp . 22
+ *     set allow4    { type ipv4_addr; flags interval; }           settings.ignored_ips: always pass
+ *     (and the same five sets for IPv6: banned6, net6, ports6, netports6, allow6)
  *     chain input { type filter hook input priority -10; policy accept;
- *       ip saddr @banned4 counter drop comment "tsfilter:banned4"
- *       ip6 saddr @banned6 counter drop comment "tsfilter:banned6" }
+ *       ip saddr @allow4 accept;  ip6 saddr @allow6 accept
+ *       ip saddr @banned4 counter drop;  ip saddr @net4 counter drop
+ *       ip saddr . meta l4proto . th dport @ports4 counter drop
+ *       ip saddr . meta l4proto . th dport @netports4 counter drop
+ *       (the same four drops for ip6) }
+ *     chain forward { type filter hook forward priority -10; ... the same rules }   only with settings.forward
  *   }
  *
- * With deny_type REJECT, each family gets two rules instead: TCP is answered with a reset, anything else with an
+ * With deny_type REJECT, each drop becomes two rules: TCP is answered with a reset, anything else with an
  * ICMP/ICMPv6 administratively-prohibited error (`reject with icmpx type admin-prohibited`).
  *
+ * The allow rules come first, so an ignored address inside a banned prefix still gets through. `accept` in an
+ * nftables base chain only ends this chain: the admin's own chains on the same hook still see the packet.
+ * The forward chain protects routed traffic (Docker containers). Docker DNATs published ports in prerouting, before
+ * forward, so a port-scoped ban there matches the container's port, not the published one. (`ct original
+ * proto-dst` would give the published port, but nft 1.0.6 refuses it in a concatenation: "can not use variable
+ * sized data types (invalid) in concat expressions".) Without settings.forward a forward chain left by an earlier
+ * run is removed at start.
+ *
  * Each element carries its own timeout, so the kernel lifts a ban on time even while the daemon is down; a permanent
- * ban is an element without one. The sets are plain hash sets (no `interval` flag): nft 1.0.6 accepts timeouts on
- * interval sets, but deleting elements from one is quadratic in userspace (a 100,000-element add+delete batch did not
- * finish in 10 minutes, against 0.7 s for a hash set). Subnet bans, when they come, get their own interval sets.
+ * ban is an element without one. banned4/6 and ports4/6 are plain hash sets (no `interval` flag): nft 1.0.6 accepts
+ * timeouts on interval sets, but deleting elements from one is quadratic in userspace (a 100,000-element add+delete
+ * batch did not finish in 10 minutes, against 0.7 s for a hash set; with 5,000 prefixes in net4, one add+delete
+ * takes 40 ms, 500 deletes 2.7 s, all 5,000 42 s). So only prefixes, which are few, go to interval sets.
+ *
+ * Interval elements must not overlap: nft refuses a prefix nested in another one of the same set ("interval
+ * overlaps with an existing one"; netports: "File exists" for the same protocol and port). A nested prefix ban
+ * is kept in memory as shadowed: only the outermost prefix is in the set, and when it goes (unban, new scope) the
+ * prefixes it covered are put in. If the outer element's kernel timeout ends first, an inner one is missing until
+ * the daemon lifts the outer ban (it does so at expiry) or reconciles at start.
  *
  * Idempotency idioms, verified on nft 1.0.6 (kernel 6.18), all inside one transaction (`nft -f -` is atomic):
  *  - start/repair: `add table`, `add set`, `add chain` succeed when the object exists with the same definition and
  *    keep set elements; `flush chain` + re-adding the rules fixes edited rules. A chain whose hook, priority or
  *    policy differs (`add chain` fails with "Operation not supported") is rebuilt with
- *    `add chain X; flush chain X; delete chain X` first; a set whose type or flags differ ("File exists") cannot be
- *    changed in place, so the table is rebuilt (`add table; delete table`), losing its elements (onLost fires).
+ *    `add chain X; flush chain X; delete chain X` first (the same removes the forward chain); a set whose type or
+ *    flags differ ("File exists") cannot be changed in place, so the table is rebuilt (`add table; delete table`),
+ *    losing its elements (onLost fires). The allow sets are rewritten with `flush set` + `add element`.
  *  - ban: `add element` of an existing element succeeds but, depending on the kernel, keeps or replaces its timeout
  *    (6.18 replaces, older kernels keep). To set exactly the timeout asked for, every ban is
  *    `add element {a}; delete element {a}; add element {a timeout Ns}` - the first add makes the delete safe.
+ *    A source with another scope or kind loses its old elements the same way in the same transaction.
  *  - unban: `delete element` of a missing element fails the whole batch ("No such file or directory"), so unban is
  *    `add element {a}; delete element {a}`.
+ *  - nesting in net4/net6: nft's overlap check ignores deletes earlier in the same transaction after that idiom
+ *    (`add /24; delete /24; add /16` fails), so when a prefix replaces one nested in it, or the reverse, the
+ *    removals are one transaction and the additions a second, milliseconds later. netports (a kernel pipapo set)
+ *    takes both in one.
  *  - timeouts: nft 1.0.6 rejects `timeout 100000000s` ("value too large"; 99,999,999 s is accepted). A longer ban
  *    is enforced as a permanent element; the daemon lifts it at expiry, and reconciliation at start removes it if
  *    the daemon was down then.
+ *
+ * What each source holds (whole, or which ports) is kept in memory, filled from a listing of the sets before the
+ * first change on a table that already existed, and by elements()/reconcile(); unban needs it to name every element.
+ * An address source missing from a later listing stays in memory (a dump of a big set can come back short), so its
+ * unban still names its port elements; add+delete of an element that is gone is harmless.
  */
 
 export const TABLE = 'tsfilter';
 export const SET4 = 'banned4';
 export const SET6 = 'banned6';
 export const CHAIN = 'input';
+export const FORWARD_CHAIN = 'forward';
 /** Largest per-element timeout nft 1.0.6 accepts, in seconds. */
 export const MAX_TIMEOUT_S = 99_999_999;
-/** Distinct addresses per transaction: keeps one nft process under ~60 MB; 100,000 bans are 4 transactions. */
+/** Distinct sources per transaction: keeps one nft process under ~60 MB; 100,000 bans are 4 transactions. */
 export const CHUNK = 25_000;
 
 export type DenyType = 'DROP' | 'REJECT';
+type Family = 4 | 6;
+type Kind = 'addr' | 'net' | 'ports' | 'netports';
+
+/** Set names by family and kind. */
+export const SETS = {
+  4: { addr: SET4, net: 'net4', ports: 'ports4', netports: 'netports4', allow: 'allow4' },
+  6: { addr: SET6, net: 'net6', ports: 'ports6', netports: 'netports6', allow: 'allow6' },
+} as const;
+const SEL = { 4: 'ip saddr', 6: 'ip6 saddr' } as const;
+const KINDS: Kind[] = ['addr', 'net', 'ports', 'netports'];
+
+interface SetDef {
+  name: string;
+  family: Family;
+  kind: Kind | 'allow';
+  type: string | string[];
+  flags: string[];
+}
+
+/** Every set of the table, with the type and flags nft lists for it. */
+export const SET_DEFS: SetDef[] = ([4, 6] as const).flatMap((f) => {
+  const addr = f === 4 ? 'ipv4_addr' : 'ipv6_addr';
+  const concat = [addr, 'inet_proto', 'inet_service'];
+  return [
+    { name: SETS[f].addr, family: f, kind: 'addr', type: addr, flags: ['timeout'] },
+    { name: SETS[f].net, family: f, kind: 'net', type: addr, flags: ['interval', 'timeout'] },
+    { name: SETS[f].ports, family: f, kind: 'ports', type: concat, flags: ['timeout'] },
+    { name: SETS[f].netports, family: f, kind: 'netports', type: concat, flags: ['interval', 'timeout'] },
+    { name: SETS[f].allow, family: f, kind: 'allow', type: addr, flags: ['interval'] },
+  ] satisfies SetDef[];
+});
+/** The interval sets without a concatenation, where nft's own overlap check needs removals committed first. */
+const NET_SETS = new Set<string>([SETS[4].net, SETS[6].net]);
+const BAN_SETS = new Map(SET_DEFS.filter((d) => d.kind !== 'allow').map((d) => [d.name, d]));
 
 export interface NftLogger {
   info(msg: string, fields?: Record<string, unknown>): void;
@@ -58,8 +128,12 @@ export interface NftablesEnforcerOptions {
   /** The nft binary (settings.nftables.nft). Default "nft". */
   nft?: string;
   denyType: DenyType;
-  /** Input hook priority (settings.nftables.priority). Default -10. */
+  /** Input (and forward) hook priority (settings.nftables.priority). Default -10. */
   priority?: number;
+  /** settings.forward: also filter forwarded traffic (Docker containers) in a forward chain. Default false. */
+  forward?: boolean;
+  /** settings.ignored_ips: addresses and prefixes that pass ahead of every ban. */
+  allow?: string[];
   /** How often the watcher checks that the table is intact (settings.nftables.check_interval). Default 2000. */
   checkIntervalMs?: number;
   /** The same in seconds, as settings.nftables.check_interval (what src/daemon.ts passes); checkIntervalMs wins. */
@@ -79,56 +153,81 @@ export interface NftablesHealth extends EnforcerHealth {
   ok: boolean;
   /** The last failure (check, repair or command), while not ok. */
   lastError?: string;
-  /** Elements in banned4 + banned6 at the last count (elements(), or the watcher every COUNT_EVERY_MS). */
+  /** Banned sources (addresses and prefixes) in the sets at the last listing (elements(), or every COUNT_EVERY_MS). */
   elements?: number;
   /** ISO time of the last successful check. */
   lastCheck?: string;
   /** How many times the watcher found the table damaged and repaired it. */
   repairs: number;
   denyType: DenyType;
+  forward: boolean;
+  /** Entries in the allow sets (ignored_ips, nested ones merged). */
+  allowed: number;
 }
 
-/** The expected rules of the input chain, each identified by its comment. */
+/** The expected rules of the input (and forward) chain, each identified by its comment. */
 export function chainRules(denyType: DenyType): { comment: string; body: string }[] {
-  const fams = [
-    { sel: 'ip saddr', set: SET4 },
-    { sel: 'ip6 saddr', set: SET6 },
-  ];
   const out: { comment: string; body: string }[] = [];
-  for (const f of fams) {
-    if (denyType === 'DROP') {
-      out.push({ comment: `tsfilter:${f.set}`, body: `${f.sel} @${f.set} counter drop` });
-    } else {
-      out.push({ comment: `tsfilter:${f.set}-tcp`, body: `${f.sel} @${f.set} meta l4proto tcp counter reject with tcp reset` });
-      out.push({ comment: `tsfilter:${f.set}`, body: `${f.sel} @${f.set} counter reject with icmpx type admin-prohibited` });
+  for (const f of [4, 6] as const) out.push({ comment: `tsfilter:${SETS[f].allow}`, body: `${SEL[f]} @${SETS[f].allow} accept` });
+  for (const f of [4, 6] as const) {
+    for (const kind of KINDS) {
+      const set = SETS[f][kind];
+      const match = kind === 'addr' || kind === 'net' ? `${SEL[f]} @${set}` : `${SEL[f]} . meta l4proto . th dport @${set}`;
+      if (denyType === 'DROP') {
+        out.push({ comment: `tsfilter:${set}`, body: `${match} counter drop` });
+      } else {
+        out.push({ comment: `tsfilter:${set}-tcp`, body: `${match} meta l4proto tcp counter reject with tcp reset` });
+        out.push({ comment: `tsfilter:${set}`, body: `${match} counter reject with icmpx type admin-prohibited` });
+      }
     }
   }
   return out;
 }
 
-/**
- * The start/repair transaction: creates what is missing, keeps set elements, rewrites the chain's rules.
- * `rebuildChain` deletes the chain first (its hook, priority or policy differ); `rebuildTable` deletes the whole
- * table first (a set's type or flags differ; its elements are lost).
- */
-export function rulesetScript(
-  denyType: DenyType,
-  priority: number,
-  opts: { rebuildChain?: boolean; rebuildTable?: boolean } = {},
-): string {
+const HOOK: Record<string, string> = { [CHAIN]: 'input', [FORWARD_CHAIN]: 'forward' };
+
+export interface RulesetOptions {
+  /** Chains to delete first (their hook, priority or policy differ). */
+  rebuildChains?: string[];
+  /** Chains to delete and not recreate (the forward chain, when forward is off). */
+  removeChains?: string[];
+  /** Delete the whole table first (a set's type or flags differ; its elements are lost). */
+  rebuildTable?: boolean;
+  /** Also create the forward chain. */
+  forward?: boolean;
+  /** The allow sets' contents (canonical, not nested). */
+  allow?: Target[];
+}
+
+/** The start/repair transaction: creates what is missing, keeps ban elements, rewrites rules and allow sets. */
+export function rulesetScript(denyType: DenyType, priority: number, opts: RulesetOptions = {}): string {
   if (!Number.isInteger(priority)) throw new TypeError(`nftables priority must be an integer, got ${String(priority)}`);
   const t = `inet ${TABLE}`;
   const lines = [`add table ${t}`];
   if (opts.rebuildTable) lines.push(`delete table ${t}`, `add table ${t}`);
-  else if (opts.rebuildChain) lines.push(`add chain ${t} ${CHAIN}`, `flush chain ${t} ${CHAIN}`, `delete chain ${t} ${CHAIN}`);
-  lines.push(
-    `add set ${t} ${SET4} { type ipv4_addr; flags timeout; }`,
-    `add set ${t} ${SET6} { type ipv6_addr; flags timeout; }`,
-    `add chain ${t} ${CHAIN} { type filter hook input priority ${priority}; policy accept; }`,
-    `flush chain ${t} ${CHAIN}`,
-  );
-  for (const r of chainRules(denyType)) lines.push(`add rule ${t} ${CHAIN} ${r.body} comment "${r.comment}"`);
-  return lines.join('\n') + '\n';
+  else for (const c of [...(opts.rebuildChains ?? []), ...(opts.removeChains ?? [])]) lines.push(`add chain ${t} ${c}`, `flush chain ${t} ${c}`, `delete chain ${t} ${c}`);
+  for (const d of SET_DEFS) lines.push(`add set ${t} ${d.name} { type ${typeText(d.type)}; flags ${d.flags.join(', ')}; }`);
+  for (const c of opts.forward ? [CHAIN, FORWARD_CHAIN] : [CHAIN]) {
+    lines.push(`add chain ${t} ${c} { type filter hook ${HOOK[c]} priority ${priority}; policy accept; }`, `flush chain ${t} ${c}`);
+    for (const r of chainRules(denyType)) lines.push(`add rule ${t} ${c} ${r.body} comment "${r.comment}"`);
+  }
+  return lines.join('\n') + '\n' + allowScript(opts.allow ?? []);
+}
+
+function typeText(type: string | string[]): string {
+  return Array.isArray(type) ? type.join(' . ') : type;
+}
+
+/** Replaces the allow sets' contents. */
+export function allowScript(allow: Target[]): string {
+  let s = '';
+  for (const f of [4, 6] as const) {
+    const set = SETS[f].allow;
+    s += `flush set inet ${TABLE} ${set}\n`;
+    const list = allow.filter((a) => a.family === f).map((a) => a.text);
+    if (list.length > 0) s += `add element inet ${TABLE} ${set} { ${list.join(', ')} }\n`;
+  }
+  return s;
 }
 
 /** What is wrong with the table, from `nft -t -j list table inet tsfilter`. Empty: intact. */
@@ -138,10 +237,11 @@ export interface Inspection {
   missingSets: string[];
   /** Sets present with another type or flags: need a table rebuild. */
   badSets: string[];
-  /** The chain is missing. */
-  missingChain: boolean;
-  /** The chain exists with another type, hook, priority or policy. */
-  badChain: boolean;
+  missingChains: string[];
+  /** Chains present with another type, hook, priority or policy. */
+  badChains: string[];
+  /** Chains that should not be there (forward while forward is off). */
+  extraChains: string[];
   /** Rules missing, extra or out of order. */
   badRules: boolean;
   problems: string[];
@@ -159,52 +259,59 @@ function parseNftJson(out: string): NftJsonObject[] {
   return Array.isArray(j.nftables) ? j.nftables : [];
 }
 
-export function inspectTable(objs: NftJsonObject[] | null, denyType: DenyType, priority: number): Inspection {
-  const r: Inspection = { missingTable: false, missingSets: [], badSets: [], missingChain: false, badChain: false, badRules: false, problems: [] };
+export function inspectTable(objs: NftJsonObject[] | null, denyType: DenyType, priority: number, forward = false): Inspection {
+  const r: Inspection = { missingTable: false, missingSets: [], badSets: [], missingChains: [], badChains: [], extraChains: [], badRules: false, problems: [] };
+  const chains = forward ? [CHAIN, FORWARD_CHAIN] : [CHAIN];
   if (objs === null || !objs.some((o) => o.table?.family === 'inet' && o.table.name === TABLE)) {
     r.missingTable = true;
-    r.missingSets = [SET4, SET6];
-    r.missingChain = true;
+    r.missingSets = SET_DEFS.map((d) => d.name);
+    r.missingChains = chains;
     r.badRules = true;
     r.problems.push(`table inet ${TABLE} is missing`);
     return r;
   }
   const mine = <T extends { family: string; table: string }>(x: T | undefined): x is T => x !== undefined && x.family === 'inet' && x.table === TABLE;
-  for (const [name, type] of [
-    [SET4, 'ipv4_addr'],
-    [SET6, 'ipv6_addr'],
-  ] as const) {
-    const s = objs.map((o) => o.set).find((x) => mine(x) && x.name === name);
+  for (const d of SET_DEFS) {
+    const s = objs.map((o) => o.set).find((x) => mine(x) && x.name === d.name);
     if (!s) {
-      r.missingSets.push(name);
-      r.problems.push(`set ${name} is missing`);
-    } else {
-      const flags = Array.isArray(s.flags) ? s.flags : [];
-      if (s.type !== type || flags.length !== 1 || flags[0] !== 'timeout') {
-        r.badSets.push(name);
-        r.problems.push(`set ${name} has type ${JSON.stringify(s.type)} flags ${JSON.stringify(flags)}`);
-      }
+      r.missingSets.push(d.name);
+      r.problems.push(`set ${d.name} is missing`);
+      continue;
+    }
+    const flags = Array.isArray(s.flags) ? [...(s.flags as unknown[])].map(String).sort() : [];
+    if (JSON.stringify(s.type) !== JSON.stringify(d.type) || flags.join(',') !== [...d.flags].sort().join(',')) {
+      r.badSets.push(d.name);
+      r.problems.push(`set ${d.name} has type ${JSON.stringify(s.type)} flags ${JSON.stringify(flags)}`);
     }
   }
-  const c = objs.map((o) => o.chain).find((x) => mine(x) && x.name === CHAIN);
-  if (!c) {
-    r.missingChain = true;
-    r.badRules = true;
-    r.problems.push(`chain ${CHAIN} is missing`);
-    return r;
-  }
-  if (c.type !== 'filter' || c.hook !== 'input' || c.prio !== priority || c.policy !== 'accept') {
-    r.badChain = true;
-    r.problems.push(`chain ${CHAIN} is ${c.type} hook ${c.hook} priority ${c.prio} policy ${c.policy}`);
-  }
-  const have = objs
-    .map((o) => o.rule)
-    .filter((x): x is NonNullable<NftJsonObject['rule']> => mine(x) && x.chain === CHAIN)
-    .map((x) => x.comment ?? '');
   const want = chainRules(denyType).map((x) => x.comment);
-  if (have.length !== want.length || have.some((h, i) => h !== want[i])) {
-    r.badRules = true;
-    r.problems.push(`chain ${CHAIN} has rules [${have.join(', ')}], expected [${want.join(', ')}]`);
+  for (const name of [CHAIN, FORWARD_CHAIN]) {
+    const c = objs.map((o) => o.chain).find((x) => mine(x) && x.name === name);
+    if (!chains.includes(name)) {
+      if (c) {
+        r.extraChains.push(name);
+        r.problems.push(`chain ${name} is there while forward is off`);
+      }
+      continue;
+    }
+    if (!c) {
+      r.missingChains.push(name);
+      r.badRules = true;
+      r.problems.push(`chain ${name} is missing`);
+      continue;
+    }
+    if (c.type !== 'filter' || c.hook !== HOOK[name] || c.prio !== priority || c.policy !== 'accept') {
+      r.badChains.push(name);
+      r.problems.push(`chain ${name} is ${c.type} hook ${c.hook} priority ${c.prio} policy ${c.policy}`);
+    }
+    const have = objs
+      .map((o) => o.rule)
+      .filter((x): x is NonNullable<NftJsonObject['rule']> => mine(x) && x.chain === name)
+      .map((x) => x.comment ?? '');
+    if (have.length !== want.length || have.some((h, i) => h !== want[i])) {
+      r.badRules = true;
+      r.problems.push(`chain ${name} has rules [${have.join(', ')}], expected [${want.join(', ')}]`);
+    }
   }
   return r;
 }
@@ -218,11 +325,172 @@ const COUNT_EVERY_MS = 60_000;
 /** reconcile() leaves an element alone when its remaining time is within this of the store's. */
 const RETIME_SLACK_S = 5;
 
-/** A ban turned into an element: canonical address and its timeout in seconds (null: permanent). */
-export interface NftElement {
-  family: 4 | 6;
-  text: string;
+/**
+ * What the sets hold for one source: '' is the whole-source element, 'tcp . 22' a port element. Sorted ('' first,
+ * then by protocol and port). Whole-source bans share one frozen array: 100,000 of them cost no allocation each.
+ */
+type Held = readonly string[];
+const WHOLE: Held = Object.freeze(['']);
+
+/** The elements a scope asks for, or null when the scope is malformed. */
+function heldOf(scope: PortScope | null | undefined): Held | null {
+  if (scope === undefined || scope === null) return WHOLE;
+  if ((scope.protocol !== 'tcp' && scope.protocol !== 'udp') || !Array.isArray(scope.ports)) return null;
+  if (scope.ports.length === 0) return WHOLE;
+  if (scope.ports.some((p) => !Number.isInteger(p) || p < 1 || p > 65535)) return null;
+  return [...new Set(scope.ports)].sort((a, b) => a - b).map((p) => `${scope.protocol} . ${p}`);
+}
+
+function sortHeld(entries: Iterable<string>): Held {
+  const list = [...new Set(entries)];
+  if (list.length === 1 && list[0] === '') return WHOLE;
+  return list.sort((a, b) => {
+    if (a === '' || b === '') return a === '' ? -1 : 1;
+    const [pa, na] = a.split(' . ');
+    const [pb, nb] = b.split(' . ');
+    return pa !== pb ? (pa! < pb! ? -1 : 1) : Number(na) - Number(nb);
+  });
+}
+
+function sameHeld(a: Held, b: Held): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+function setOf(t: Target, entry: string): string {
+  const kind: Kind = t.isPrefix ? (entry === '' ? 'net' : 'netports') : entry === '' ? 'addr' : 'ports';
+  return SETS[t.family][kind];
+}
+
+function elemKey(source: string, entry: string): string {
+  return entry === '' ? source : `${source} . ${entry}`;
+}
+
+/** Interval elements group by set and port: only elements of one group can overlap. */
+function groupOf(t: Target, entry: string): string {
+  return `${setOf(t, entry)}|${entry}`;
+}
+
+/**
+ * Prefix elements by group, prefix length and network address: nesting is found with one lookup per prefix length
+ * in use (usually one or two), not a scan of every element.
+ */
+class PrefixIndex {
+  private readonly groups = new Map<string, Map<number, Set<string>>>();
+
+  add(group: string, t: Target): void {
+    let lens = this.groups.get(group);
+    if (!lens) this.groups.set(group, (lens = new Map()));
+    let addrs = lens.get(t.prefixLength);
+    if (!addrs) lens.set(t.prefixLength, (addrs = new Set()));
+    addrs.add(t.address);
+  }
+
+  delete(group: string, t: Target): void {
+    const lens = this.groups.get(group);
+    const addrs = lens?.get(t.prefixLength);
+    if (!lens || !addrs) return;
+    addrs.delete(t.address);
+    if (addrs.size === 0) lens.delete(t.prefixLength);
+    if (lens.size === 0) this.groups.delete(group);
+  }
+
+  has(group: string, t: Target): boolean {
+    return this.groups.get(group)?.get(t.prefixLength)?.has(t.address) ?? false;
+  }
+
+  /** Whether an element of the group strictly contains t. */
+  covers(group: string, t: Target): boolean {
+    for (const [len, addrs] of this.groups.get(group) ?? []) {
+      if (len >= t.prefixLength) continue;
+      const p = prefixOf(t.address, len);
+      if (p !== null && addrs.has(p.address)) return true;
+    }
+    return false;
+  }
+
+  /** The group's elements strictly inside t, outermost first. */
+  inside(group: string, t: Target): Target[] {
+    const out: Target[] = [];
+    for (const [len, addrs] of this.groups.get(group) ?? []) {
+      if (len <= t.prefixLength) continue;
+      for (const a of addrs) if (targetContains(t, a)) out.push(canonicalTarget(`${a}/${len}`)!);
+    }
+    return out.sort((a, b) => a.prefixLength - b.prefixLength);
+  }
+
+  clear(): void {
+    this.groups.clear();
+  }
+}
+
+/** One source's change: a ban (held: what to put in) or an unban (held null). */
+interface Change {
+  t: Target;
+  held: Held | null;
   timeout: number | null;
+  expiresAt: number | null;
+}
+
+/** Element lists per set, in the order first used. */
+class SetLists {
+  readonly m = new Map<string, string[]>();
+  push(set: string, item: string): void {
+    let l = this.m.get(set);
+    if (!l) this.m.set(set, (l = []));
+    l.push(item);
+  }
+  /** add then delete: deleting an element that is not there would fail the whole transaction. */
+  removeScript(only?: Set<string>, except = false): string {
+    let s = '';
+    for (const [set, l] of this.m) if (only === undefined || only.has(set) !== except) s += `add element inet ${TABLE} ${set} { ${l.join(', ')} }\ndelete element inet ${TABLE} ${set} { ${l.join(', ')} }\n`;
+    return s;
+  }
+  addScript(): string {
+    let s = '';
+    for (const [set, l] of this.m) s += `add element inet ${TABLE} ${set} { ${l.join(', ')} }\n`;
+    return s;
+  }
+}
+
+/** A write: `pre` (removals that must land before the additions nested in them, see the top comment), then `main`. */
+interface Plan {
+  pre: string;
+  main: string;
+}
+
+function withTimeout(key: string, timeout: number | null): string {
+  return timeout === null ? key : `${key} timeout ${timeout}s`;
+}
+
+/** Seconds left for an expiry (null: permanent or longer than nft takes), or undefined when it has passed. */
+function timeoutOf(expiresAt: number | null, now: number): number | null | undefined {
+  if (expiresAt === null) return null;
+  const ms = expiresAt - now;
+  if (!(ms > 0)) return undefined;
+  const s = Math.ceil(ms / 1000);
+  return s > MAX_TIMEOUT_S ? null : s;
+}
+
+/** Validated allow entries with those inside another entry dropped (interval sets refuse nesting). */
+function collapseAllow(cidrs: string[]): Target[] {
+  const bad: string[] = [];
+  const ts: Target[] = [];
+  for (const c of cidrs) {
+    const t = canonicalTarget(c);
+    if (t === null) bad.push(c);
+    else ts.push(t);
+  }
+  rejectInvalid(bad);
+  ts.sort((a, b) => a.prefixLength - b.prefixLength);
+  const idx = new PrefixIndex();
+  const out: Target[] = [];
+  for (const t of ts) {
+    const g = String(t.family);
+    if (idx.has(g, t) || idx.covers(g, t)) continue;
+    idx.add(g, t);
+    out.push(t);
+  }
+  return out;
 }
 
 /** nftables enforcement in `table inet tsfilter`; see the comment at the top of this file. */
@@ -231,12 +499,22 @@ export class NftablesEnforcer implements Enforcer {
   private readonly runner: NftRunnerOptions;
   private readonly denyType: DenyType;
   private readonly priority: number;
+  private readonly forward: boolean;
+  private allow: Target[];
   private readonly checkIntervalMs: number;
   private readonly logger: NftLogger;
   private readonly now: () => number;
   private readonly lostCallbacks: (() => void)[] = [];
-  /** Addresses this enforcer put in its sets (since start, or seen by reconcile): these need re-timing on a new ban. */
-  private readonly known = new Set<string>();
+  /** Every source in the sets and what it holds (including shadowed prefixes, see the top comment). */
+  private readonly sources = new Map<string, Held>();
+  /** Expiry (ms) of each prefix source: a shadowed prefix put in later needs its remaining time. */
+  private readonly prefixExpiry = new Map<string, number | null>();
+  /** Prefix elements in the kernel's interval sets. */
+  private readonly placed = new PrefixIndex();
+  /** Prefix elements of every prefix source, placed or shadowed. */
+  private readonly desired = new PrefixIndex();
+  /** Whether the maps above describe the sets; if not, the next change lists them first. */
+  private loaded = false;
   /** Every nft command goes through this queue: a repair never interleaves with a ban. */
   private queue: Promise<unknown> = Promise.resolve();
   private timer: NodeJS.Timeout | null = null;
@@ -250,18 +528,21 @@ export class NftablesEnforcer implements Enforcer {
     this.denyType = opts.denyType;
     this.priority = opts.priority ?? -10;
     if (!Number.isInteger(this.priority)) throw new TypeError(`nftables priority must be an integer, got ${String(this.priority)}`);
+    this.forward = opts.forward ?? false;
+    this.allow = collapseAllow(opts.allow ?? []);
     this.checkIntervalMs = opts.checkIntervalMs ?? (opts.checkInterval !== undefined ? Math.round(opts.checkInterval * 1000) : 2000);
     this.logger = opts.logger;
     this.now = opts.now ?? Date.now;
     if (opts.onLost) this.lostCallbacks.push(opts.onLost);
-    this.state = { ok: false, repairs: 0, denyType: this.denyType, lastError: 'not started' };
+    this.state = { ok: false, repairs: 0, denyType: this.denyType, forward: this.forward, allowed: this.allow.length, lastError: 'not started' };
   }
 
-  /** Creates or repairs the table in one transaction (set elements kept), then starts the watcher. */
+  /** Creates or repairs the table in one transaction (ban elements kept, allow sets rewritten), then starts the watcher. */
   async start(): Promise<void> {
     await this.serial(async () => {
       const before = await this.inspect();
-      await this.ensure(before);
+      // The allow sets are always rewritten: ignored_ips may have changed while the daemon was down.
+      await this.ensure(before, true);
     });
     this.markOk();
     if (this.timer === null && this.checkIntervalMs > 0) {
@@ -278,67 +559,67 @@ export class NftablesEnforcer implements Enforcer {
   }
 
   /**
-   * Adds (or re-times) an element per ban; bans already expired are skipped. Throws on an invalid address.
-   * An address this enforcer has not put in the sets gets a plain add (about 3.5 ms for nft); only one it may have
-   * added before is re-timed with add+delete+add, which costs about 15 ms (the delete waits for the kernel's set
+   * Adds (or re-times, or re-scopes) each ban's elements; bans already expired are skipped. Throws on an invalid
+   * source or scope. A source this enforcer does not know in its sets gets a plain add (about 3.5 ms for nft); only
+   * a known one is re-timed with add+delete+add, which costs about 15 ms (the delete waits for the kernel's set
    * garbage collection) and would otherwise dominate the line-to-drop latency.
    */
   async ban(bans: Enforcement[]): Promise<void> {
-    const els = this.toElements(bans);
-    for (let i = 0; i < els.length; i += CHUNK) {
-      const chunk = els.slice(i, i + CHUNK);
-      const fresh = chunk.filter((e) => !this.known.has(e.text));
-      const again = chunk.filter((e) => this.known.has(e.text));
-      await this.batch(addScript(fresh) + banScript(again));
-      for (const e of chunk) this.known.add(e.text);
-    }
+    await this.apply(this.toChanges(bans));
   }
 
-  /** Deletes the addresses' elements; a missing element is not an error. Throws on an invalid address. */
+  /** Deletes every element of these sources, whatever their scope; a missing one is not an error. Throws on an invalid source. */
   async unban(ips: string[]): Promise<void> {
-    const els = new Map<string, NftElement>();
+    const by = new Map<string, Change>();
     const bad: string[] = [];
     for (const ip of ips) {
-      const a = canonicalAddress(ip);
-      if (a === null) bad.push(ip);
-      else els.set(a.text, { family: a.family, text: a.text, timeout: null });
+      const t = canonicalTarget(ip);
+      if (t === null) bad.push(ip);
+      else by.set(t.text, { t, held: null, timeout: null, expiresAt: null });
     }
     rejectInvalid(bad);
-    const all = [...els.values()];
-    for (let i = 0; i < all.length; i += CHUNK) await this.batch(unbanScript(all.slice(i, i + CHUNK)));
-    for (const e of all) this.known.delete(e.text);
+    await this.apply([...by.values()]);
   }
 
   /**
-   * At start: makes the sets hold every active ban, with the store's remaining time. Elements unknown to the
-   * caller are left alone; removing ended bans is the caller's job (unban).
+   * At start: makes the sets hold every active ban, with the store's remaining time and scope. Elements of other
+   * sources are left alone; removing ended bans is the caller's job (unban).
    */
   async reconcile(active: Enforcement[]): Promise<{ added: number; retimed: number; unchanged: number }> {
-    const els = this.toElements(active);
+    const want = this.toChanges(active);
     // One listing (with each element's remaining time) instead of re-timing everything: after a restart with the
     // table intact, nearly every element is already right, and add+delete+add of 100,000 costs twice a plain add.
-    const current = await this.serial(() => this.listDetailed());
-    const missing: NftElement[] = [];
-    const retime: NftElement[] = [];
-    for (const e of els) {
-      if (!current.has(e.text)) missing.push(e);
-      else {
-        const left = current.get(e.text)!;
-        const same = left === null ? e.timeout === null : e.timeout !== null && Math.abs(left - e.timeout) <= RETIME_SLACK_S;
-        if (!same) retime.push(e);
+    const left = await this.serial(() => this.load());
+    const todo: Change[] = [];
+    let added = 0;
+    for (const c of want) {
+      const held = this.sources.get(c.t.text);
+      if (held === undefined || !left.has(c.t.text)) {
+        // Missing: added (a plain add, unless memory still knows the source from before: add+delete+add).
+        added++;
+        todo.push(c);
+        continue;
       }
+      const l = left.get(c.t.text);
+      const sameTime = l === null ? c.timeout === null : l !== undefined && c.timeout !== null && Math.abs(l - c.timeout) <= RETIME_SLACK_S;
+      if (!sameTime || !sameHeld(held, c.held!)) todo.push(c);
     }
-    // A plain add is enough for a missing element; should it appear meanwhile, add keeps it and nothing fails.
-    for (let i = 0; i < missing.length; i += CHUNK) await this.batch(addScript(missing.slice(i, i + CHUNK)));
-    for (let i = 0; i < retime.length; i += CHUNK) await this.batch(banScript(retime.slice(i, i + CHUNK)));
-    for (const k of current.keys()) this.known.add(k);
-    for (const e of els) this.known.add(e.text);
-    return { added: missing.length, retimed: retime.length, unchanged: els.length - missing.length - retime.length };
+    await this.apply(todo);
+    return { added, retimed: todo.length - added, unchanged: want.length - todo.length };
   }
 
-  /** The addresses in banned4 and banned6 (canonical text). An absent table has none. */
+  /** The sources in the ban sets, canonical: addresses and prefixes ("198.51.100.0/24"), each once. */
   async elements(): Promise<string[]> {
-    return [...(await this.serial(() => this.listDetailed())).keys()];
+    return [...(await this.serial(() => this.load())).keys()];
+  }
+
+  /** Replaces the allow sets (settings.ignored_ips changed). Throws on an invalid entry before running nft. */
+  async setAllowed(cidrs: string[]): Promise<void> {
+    const allow = collapseAllow(cidrs);
+    // Set first: a repair during this write recreates the table with the new list.
+    this.allow = allow;
+    this.state.allowed = allow.length;
+    await this.write(() => ({ pre: '', main: allowScript(allow) }), false);
   }
 
   /** Registers a callback for a repaired table (in addition to the constructor's onLost). */
@@ -347,7 +628,7 @@ export class NftablesEnforcer implements Enforcer {
   }
 
   health(): NftablesHealth {
-    return { ...this.state, elements: this.state.elements };
+    return { ...this.state };
   }
 
   /**
@@ -366,7 +647,7 @@ export class NftablesEnforcer implements Enforcer {
         return true;
       });
       if (repaired) this.lost();
-      if (Date.now() - this.lastCount >= COUNT_EVERY_MS) await this.serial(() => this.listDetailed()).catch(() => {});
+      if (Date.now() - this.lastCount >= COUNT_EVERY_MS) await this.serial(() => this.load()).catch(() => {});
       this.markOk();
       return true;
     } catch (err) {
@@ -377,28 +658,45 @@ export class NftablesEnforcer implements Enforcer {
     }
   }
 
+  private async apply(changes: Change[]): Promise<void> {
+    for (let i = 0; i < changes.length; i += CHUNK) {
+      const chunk = changes.slice(i, i + CHUNK);
+      await this.write(() => this.plan(chunk), true);
+    }
+  }
+
   /**
-   * `nft -f -` with this script, through the queue; a failure is recorded in health() and thrown. When the batch
-   * fails because the table or a set vanished (flushed ruleset, not yet noticed by the watcher), the table is
-   * repaired, the batch retried once, and onLost fired: the ban lands now instead of at the next retry.
+   * Plans (from memory, listed first if stale) and runs one write through the queue; a failure is recorded in
+   * health() and thrown. When it fails because the table or a set vanished (flushed ruleset, not yet noticed by the
+   * watcher), the table is repaired, the write planned again and retried once, and onLost fired: the ban lands now
+   * instead of at the next retry.
    */
-  private async batch(script: string): Promise<void> {
+  private async write(make: () => Plan, needsMemory: boolean): Promise<void> {
     let repaired = false;
+    const once = async () => {
+      if (needsMemory && !this.loaded) await this.load();
+      const p = make();
+      if (p.pre !== '') await runNft(this.runner, ['-f', '-'], p.pre);
+      if (p.main !== '') await runNft(this.runner, ['-f', '-'], p.main);
+    };
     try {
       await this.serial(async () => {
         try {
-          await runNft(this.runner, ['-f', '-'], script);
+          await once();
         } catch (err) {
+          // The plan already updated memory; list again before the next change.
+          this.loaded = false;
           if (!(err instanceof NftError && NO_SUCH.test(err.stderr))) throw err;
           const i = await this.inspect();
           if (isIntact(i)) throw err;
           this.logger.warn('nftables table damaged behind our back; recreating it', { problems: i.problems.join('; ') });
           await this.ensure(i);
           repaired = true;
-          await runNft(this.runner, ['-f', '-'], script);
+          await once();
         }
       });
     } catch (err) {
+      this.loaded = false;
       this.markFailed(err);
       throw err;
     } finally {
@@ -406,8 +704,80 @@ export class NftablesEnforcer implements Enforcer {
     }
   }
 
+  /**
+   * The nft script for these changes; updates memory as if it succeeded (write() marks memory stale on failure).
+   * Address elements: removals of what the source held, then its new elements. Prefix elements: the same, with
+   * nesting resolved (see the top comment): outer prefixes first, inner ones shadowed, shadowed ones put in when
+   * their cover goes.
+   */
+  private plan(changes: Change[]): Plan {
+    const rm = new SetLists();
+    const add = new SetLists();
+    const removed: { group: string; t: Target; entry: string }[] = [];
+    const fresh: { t: Target; entry: string; timeout: number | null }[] = [];
+    for (const c of changes) {
+      const text = c.t.text;
+      const old = this.sources.get(text);
+      if (!c.t.isPrefix) {
+        if (old) for (const x of old) rm.push(setOf(c.t, x), elemKey(text, x));
+        else if (c.held === null) rm.push(setOf(c.t, ''), text); // unknown: harmless, and catches one added behind our back
+        if (c.held) {
+          for (const x of c.held) add.push(setOf(c.t, x), withTimeout(elemKey(text, x), c.timeout));
+          this.sources.set(text, c.held);
+        } else this.sources.delete(text);
+        continue;
+      }
+      for (const x of old ?? []) {
+        const group = groupOf(c.t, x);
+        this.desired.delete(group, c.t);
+        if (!this.placed.has(group, c.t)) continue;
+        this.placed.delete(group, c.t);
+        rm.push(setOf(c.t, x), elemKey(text, x));
+        removed.push({ group, t: c.t, entry: x });
+      }
+      if (c.held) {
+        this.sources.set(text, c.held);
+        this.prefixExpiry.set(text, c.expiresAt);
+        for (const x of c.held) fresh.push({ t: c.t, entry: x, timeout: c.timeout });
+      } else {
+        this.sources.delete(text);
+        this.prefixExpiry.delete(text);
+      }
+    }
+    const rmNet = new PrefixIndex();
+    for (const r of removed) if (r.entry === '') rmNet.add(r.group, r.t);
+    let split = false;
+    const place = (t: Target, entry: string, timeout: number | null) => {
+      const group = groupOf(t, entry);
+      if (this.placed.has(group, t) || this.placed.covers(group, t)) return;
+      for (const inner of this.placed.inside(group, t)) {
+        this.placed.delete(group, inner);
+        rm.push(setOf(inner, entry), elemKey(inner.text, entry));
+        if (entry === '') rmNet.add(group, inner);
+      }
+      this.placed.add(group, t);
+      add.push(setOf(t, entry), withTimeout(elemKey(t.text, entry), timeout));
+      if (entry === '' && (rmNet.covers(group, t) || rmNet.inside(group, t).length > 0)) split = true;
+    };
+    fresh.sort((a, b) => a.t.prefixLength - b.t.prefixLength);
+    for (const f of fresh) {
+      this.desired.add(groupOf(f.t, f.entry), f.t);
+      place(f.t, f.entry, f.timeout);
+    }
+    const now = this.now();
+    for (const r of removed) {
+      for (const inner of this.desired.inside(r.group, r.t)) {
+        const timeout = timeoutOf(this.prefixExpiry.get(inner.text) ?? null, now);
+        if (timeout !== undefined) place(inner, r.entry, timeout);
+      }
+    }
+    // A prefix added in net4/net6 next to the removal of one nested with it must wait for that removal to commit;
+    // everything else stays in the second, atomic transaction.
+    if (!split) return { pre: '', main: rm.removeScript() + add.addScript() };
+    return { pre: rm.removeScript(NET_SETS), main: rm.removeScript(NET_SETS, true) + add.addScript() };
+  }
+
   private lost(): void {
-    this.known.clear();
     this.state.repairs++;
     for (const cb of this.lostCallbacks) {
       try {
@@ -426,20 +796,45 @@ export class NftablesEnforcer implements Enforcer {
       if (err instanceof NftError && NO_SUCH.test(err.stderr)) objs = null;
       else throw err;
     }
-    return inspectTable(objs, this.denyType, this.priority);
+    return inspectTable(objs, this.denyType, this.priority, this.forward);
   }
 
-  private async ensure(i: Inspection): Promise<void> {
-    if (isIntact(i)) return;
+  /** Repairs what the inspection found (also rewriting the allow sets when `always`), and checks the result. */
+  private async ensure(i: Inspection, always = false): Promise<void> {
+    if (isIntact(i)) {
+      // Only the allow sets to rewrite: no second inspection (it costs ~0.35 s with 100,000 elements).
+      if (always) await runNft(this.runner, ['-f', '-'], allowScript(this.allow));
+      return;
+    }
     const rebuildTable = i.badSets.length > 0;
     if (rebuildTable) this.logger.warn('a set in table inet tsfilter has another type or flags: rebuilding the table (its elements are lost)', { sets: i.badSets.join(',') });
-    await runNft(this.runner, ['-f', '-'], rulesetScript(this.denyType, this.priority, { rebuildTable, rebuildChain: i.badChain }));
+    await runNft(
+      this.runner,
+      ['-f', '-'],
+      rulesetScript(this.denyType, this.priority, { rebuildTable, rebuildChains: i.badChains, removeChains: i.extraChains, forward: this.forward, allow: this.allow }),
+    );
+    if (rebuildTable || i.missingTable) {
+      // Empty sets: nothing to list.
+      this.clearMemory();
+      this.loaded = true;
+    } else this.loaded = false;
     const after = await this.inspect();
     if (!isIntact(after)) throw new Error(`nftables table still wrong after repair: ${after.problems.join('; ')}`);
   }
 
-  /** Canonical address -> seconds left (null: permanent), from one `nft -j list table`. */
-  private async listDetailed(): Promise<Map<string, number | null>> {
+  private clearMemory(): void {
+    this.sources.clear();
+    this.prefixExpiry.clear();
+    this.placed.clear();
+    this.desired.clear();
+  }
+
+  /**
+   * Lists every ban set (`nft -j list table`) and updates memory from it; shadowed prefixes whose cover is still
+   * there are kept. Returns each listed (or shadowed) source's seconds left (null: permanent; NaN when its
+   * elements disagree).
+   */
+  private async load(): Promise<Map<string, number | null>> {
     let objs: NftJsonObject[];
     try {
       objs = parseNftJson(await runNft(this.runner, ['-j', 'list', 'table', 'inet', TABLE]));
@@ -447,50 +842,92 @@ export class NftablesEnforcer implements Enforcer {
       if (err instanceof NftError && NO_SUCH.test(err.stderr)) objs = [];
       else throw err;
     }
-    const out = new Map<string, number | null>();
+    const now = this.now();
+    const shadowed: [string, Held, number | null][] = [];
+    for (const [src, held] of this.sources) {
+      if (src.includes('/')) shadowed.push([src, held, this.prefixExpiry.get(src) ?? null]);
+    }
+    // Address sources missing from the listing stay known: a dump of a large set can come back short while the
+    // kernel's garbage collector walks it, and unban must still name a port-scoped source's elements (add+delete of
+    // an element that is gone is harmless). Prefix sources are few; they are rebuilt from the listing.
+    for (const src of this.sources.keys()) if (src.includes('/')) this.sources.delete(src);
+    this.prefixExpiry.clear();
+    this.placed.clear();
+    this.desired.clear();
+    const left = new Map<string, number | null>();
     for (const o of objs) {
       const s = o.set;
-      if (!s || s.family !== 'inet' || s.table !== TABLE || (s.name !== SET4 && s.name !== SET6) || !Array.isArray(s.elem)) continue;
-      for (const e of s.elem) {
-        if (typeof e === 'string') out.set(e, null);
-        else {
-          const el = (e as { elem?: { val?: unknown; expires?: unknown; timeout?: unknown } })?.elem;
-          if (typeof el?.val !== 'string') continue;
-          const left = typeof el.expires === 'number' ? el.expires : typeof el.timeout === 'number' ? el.timeout : null;
-          out.set(el.val, left);
+      const def = s && s.family === 'inet' && s.table === TABLE ? BAN_SETS.get(s.name) : undefined;
+      if (!def || !Array.isArray(s!.elem)) continue;
+      for (const raw of s!.elem) {
+        const e = parseElement(raw, def);
+        if (e === null) continue;
+        const src = e.t.text;
+        const seen = left.has(src);
+        this.sources.set(src, seen ? sortHeld([...this.sources.get(src)!, e.entry]) : e.entry === '' ? WHOLE : [e.entry]);
+        left.set(src, seen ? combineLeft(left.get(src), e.left) : e.left);
+        if (e.t.isPrefix) {
+          this.placed.add(groupOf(e.t, e.entry), e.t);
+          this.desired.add(groupOf(e.t, e.entry), e.t);
+          const l = left.get(src);
+          this.prefixExpiry.set(src, l === null || l === undefined || Number.isNaN(l) ? null : now + l * 1000);
         }
       }
     }
-    this.state.elements = out.size;
+    // Prefixes that were shadowed stay known while their cover is in the set; otherwise they are gone (the
+    // daemon's verification or reconciliation puts back what should be there).
+    for (const [src, held, exp] of shadowed) {
+      if (exp !== null && exp <= now) continue;
+      const t = canonicalTarget(src)!;
+      const listed = left.has(src);
+      const have = new Set(this.sources.get(src) ?? []);
+      let kept = false;
+      for (const x of held) {
+        if (have.has(x) || !this.placed.covers(groupOf(t, x), t)) continue;
+        have.add(x);
+        this.desired.add(groupOf(t, x), t);
+        kept = true;
+      }
+      if (!kept) continue;
+      this.sources.set(src, sortHeld(have));
+      if (!listed) {
+        this.prefixExpiry.set(src, exp);
+        left.set(src, exp === null ? null : (exp - now) / 1000);
+      }
+    }
+    this.loaded = true;
+    this.state.elements = left.size;
     this.lastCount = Date.now();
-    return out;
+    return left;
   }
 
-  /** Validated, deduplicated elements with their timeouts; expired bans dropped. Throws on an invalid address. */
-  private toElements(bans: Enforcement[]): NftElement[] {
+  /** Validated, deduplicated changes with their timeouts; expired bans dropped. Throws on an invalid source or scope. */
+  private toChanges(bans: Enforcement[]): Change[] {
     const now = this.now();
-    const byIp = new Map<string, NftElement>();
+    const by = new Map<string, Change>();
     const bad: string[] = [];
+    const badScope: string[] = [];
     for (const b of bans) {
-      const a = canonicalAddress(b.ip);
-      if (a === null) {
+      const t = canonicalTarget(b.ip);
+      if (t === null) {
         bad.push(b.ip);
         continue;
       }
-      let timeout: number | null = null;
-      if (b.expiresAt !== null) {
-        const ms = b.expiresAt - now;
-        if (!(ms > 0)) continue;
-        timeout = Math.ceil(ms / 1000);
-        if (timeout > MAX_TIMEOUT_S) timeout = null;
+      const held = heldOf(b.scope);
+      if (held === null) {
+        badScope.push(`${t.text} ${JSON.stringify(b.scope).slice(0, 80)}`);
+        continue;
       }
-      const prev = byIp.get(a.text);
-      // The same address twice in one batch: the longer ban wins.
+      const timeout = timeoutOf(b.expiresAt, now);
+      if (timeout === undefined) continue;
+      const prev = by.get(t.text);
+      // The same source twice in one batch: the longer ban wins.
       if (prev && (prev.timeout === null || (timeout !== null && prev.timeout >= timeout))) continue;
-      byIp.set(a.text, { family: a.family, text: a.text, timeout });
+      by.set(t.text, { t, held, timeout, expiresAt: b.expiresAt });
     }
     rejectInvalid(bad);
-    return [...byIp.values()];
+    if (badScope.length > 0) throw new TypeError(`invalid port scope, refused before running nft: ${badScope.slice(0, 3).join(', ')}`);
+    return [...by.values()];
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
@@ -514,48 +951,60 @@ export class NftablesEnforcer implements Enforcer {
   }
 }
 
+/** Two elements of one source: the remaining time to compare with the store's; NaN when they disagree. */
+function combineLeft(a: number | null | undefined, b: number | null): number | null {
+  if (a === undefined) return b;
+  if (a === null || b === null) return a === b ? null : NaN;
+  return Math.abs(a - b) <= RETIME_SLACK_S ? Math.min(a, b) : NaN;
+}
+
+const V4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+const V6_PLAIN = /^[0-9a-f:]{2,39}$/;
+
+/**
+ * A listed address as a Target. nft prints addresses with inet_ntop, which for IPv4 and for IPv6 without an
+ * embedded dotted quad is already the canonical text (RFC 5952 rules), so those skip the parser: listing 100,000
+ * elements would otherwise spend about 0.3 s canonicalizing.
+ */
+function listedAddress(s: string, family: Family): Target | null {
+  if (family === 4 ? V4.test(s) : V6_PLAIN.test(s) && s.includes(':')) return { family, text: s, address: s, prefixLength: family === 4 ? 32 : 128, isPrefix: false };
+  return canonicalTarget(s);
+}
+
+const PROTO: Record<string, string> = { tcp: 'tcp', udp: 'udp', '6': 'tcp', '17': 'udp' };
+
+/** One listed element of a ban set: its source, held entry and seconds left; null for what we never add. */
+function parseElement(raw: unknown, def: SetDef): { t: Target; entry: string; left: number | null } | null {
+  let val: unknown = raw;
+  let left: number | null = null;
+  if (raw !== null && typeof raw === 'object' && 'elem' in raw) {
+    const el = (raw as { elem?: { val?: unknown; expires?: unknown; timeout?: unknown } }).elem;
+    val = el?.val;
+    left = typeof el?.expires === 'number' ? el.expires : typeof el?.timeout === 'number' ? el.timeout : null;
+  }
+  let entry = '';
+  if (def.kind === 'ports' || def.kind === 'netports') {
+    const c = (val as { concat?: unknown[] } | null)?.concat;
+    if (!Array.isArray(c) || c.length !== 3) return null;
+    const proto = PROTO[String(c[1])];
+    const port = c[2];
+    if (proto === undefined || typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) return null;
+    val = c[0];
+    entry = `${proto} . ${port}`;
+  }
+  let t: Target | null = null;
+  if (typeof val === 'string') t = listedAddress(val, def.family);
+  else {
+    const p = (val as { prefix?: { addr?: unknown; len?: unknown } } | null)?.prefix;
+    if (typeof p?.addr === 'string' && typeof p.len === 'number') t = canonicalTarget(`${p.addr}/${p.len}`);
+  }
+  const wantPrefix = def.kind === 'net' || def.kind === 'netports';
+  if (t === null || t.family !== def.family || t.isPrefix !== wantPrefix) return null;
+  return { t, entry, left };
+}
+
 function rejectInvalid(bad: string[]): void {
   if (bad.length === 0) return;
   const shown = bad.slice(0, 3).map((b) => JSON.stringify(String(b).slice(0, 60)));
-  throw new TypeError(`not an IP address, refused before running nft: ${shown.join(', ')}${bad.length > 3 ? ` and ${bad.length - 3} more` : ''}`);
-}
-
-function elementList(els: NftElement[], withTimeout: boolean): string {
-  return els.map((e) => (withTimeout && e.timeout !== null ? `${e.text} timeout ${e.timeout}s` : e.text)).join(', ');
-}
-
-function perFamily(els: NftElement[]): [string, NftElement[]][] {
-  return [
-    [SET4, els.filter((e) => e.family === 4)],
-    [SET6, els.filter((e) => e.family === 6)],
-  ];
-}
-
-/**
- * Removes the elements (add first, so the delete cannot fail) and adds them again with the wanted timeout, in one
- * transaction: exact timeouts on every kernel.
- */
-export function banScript(els: NftElement[]): string {
-  return unbanScript(els) + addScript(els);
-}
-
-/** Plain add, for elements known to be missing (reconcile). */
-export function addScript(els: NftElement[]): string {
-  let s = '';
-  for (const [set, list] of perFamily(els)) {
-    if (list.length > 0) s += `add element inet ${TABLE} ${set} { ${elementList(list, true)} }\n`;
-  }
-  return s;
-}
-
-/** add then delete: deleting an element that is not there would fail the whole transaction. */
-export function unbanScript(els: NftElement[]): string {
-  let s = '';
-  for (const [set, list] of perFamily(els)) {
-    if (list.length === 0) continue;
-    const plain = elementList(list, false);
-    s += `add element inet ${TABLE} ${set} { ${plain} }\n`;
-    s += `delete element inet ${TABLE} ${set} { ${plain} }\n`;
-  }
-  return s;
+  throw new TypeError(`not an IP address or prefix, refused before running nft: ${shown.join(', ')}${bad.length > 3 ? ` and ${bad.length - 3} more` : ''}`);
 }
