@@ -4,7 +4,8 @@
 // in the server namespace over a veth pair, with the bans in place against no rules at all.
 // Backends: nftables sets, iptables (nf_tables and legacy) and ipset, each through its Enforcer; and PyFilter's way,
 // one `iptables -I INPUT -s <ip> -j DROP` process per ban, which cannot do 100,000 in the time budget: its apply and
-// remove times are EXTRAPOLATED from the first few thousand, and its per-packet cost is measured on all the rules
+// remove times are EXTRAPOLATED from a few thousand processes on short chains and ten on the full one (cost grows
+// with the chain), and its per-packet cost is measured on all the rules
 // loaded at once by iptables-restore (what PyFilter's reload_iptables does at start).
 // Every backend gets fresh namespaces, removed in finally (with every process left inside them, killed by PID); the
 // iptables/ipset backends are imported dynamically, so a missing or failing one is reported and the bench goes on.
@@ -25,11 +26,15 @@ const CLIENT = '192.0.2.2';
 const CONCURRENCY = 4;
 /** A phase (apply, remove, list) that takes longer is abandoned: the namespace and what runs in it are removed. */
 const PHASE_CAP_MS = 40_000;
-/** run.ts kills a bench after 180 s: a backend is skipped when less than this is left. */
-const TOTAL_BUDGET_MS = 170_000;
+/** run.ts kills a bench after 180 s: the enforcer backends share what is left once PyFilter's ~50 s are set aside,
+ *  and one is skipped when less than MIN_LEFT_MS remains. */
+const TOTAL_BUDGET_MS = 165_000;
+const PYFILTER_RESERVE_MS = 55_000;
 const MIN_LEFT_MS = 20_000;
 /** PyFilter's one-process-per-ban loop stops after this long, whatever count it reached. */
 const PER_PROCESS_BUDGET_MS = { insert: 18_000, delete: 6_000 };
+/** ... and against the full chain, per direction. */
+const AT_SIZE_BUDGET_MS = 5_000;
 
 export interface Rate {
   connects: number;
@@ -59,7 +64,7 @@ export interface BackendResult {
 export interface PerProcessResult {
   inserts: Segment[];
   deletes: Segment[];
-  /** ms per process as a + b * chainLength, fitted from the two segments (b = 0 with one segment). */
+  /** ms per process as a + b * chainLength, the line through the shortest and the full chain measured. */
   insertFit: { a: number; b: number };
   deleteFit: { a: number; b: number };
   /** iptables-restore + ip6tables-restore of all the rules at once. */
@@ -125,7 +130,13 @@ function killInside(names: Iterable<string>): void {
   }
 }
 process.on('exit', () => killInside(mine));
-for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => killInside(mine));
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    killInside(mine);
+    // NetnsLab's handler, when there is one, deletes the namespaces and re-raises; otherwise die of the signal here.
+    if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
+  });
+}
 
 interface Lab {
   lab: NetnsLab;
@@ -278,21 +289,23 @@ async function runBackend(spec: BackendSpec, bans: Enforcement[], seconds: numbe
   }
 }
 
-/**
- * Runs inside the server namespace, as PyFilter does: one iptables/ip6tables process per rule, one at a time. Inserts
- * up to c1 rules, deletes the k oldest (one `-D` each, the order bans expire), inserts up to c2, deletes the k oldest
- * again: insert and delete costs at two chain lengths. Prints each segment: processes, ms, chain length before/after.
- */
-const PER_PROCESS_DRIVER = `const { spawnSync } = require('child_process');
+/** Runs inside the server namespace, as PyFilter does: one iptables/ip6tables process per rule, one at a time. */
+const ONE_PROCESS = `const { spawnSync } = require('child_process');
+const one = (op, ip) => {
+  const t = process.hrtime.bigint();
+  const r = spawnSync(ip.includes(':') ? 'ip6tables' : 'iptables', [op, 'INPUT', '-s', ip, '-j', 'DROP'], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(op + ' ' + ip + ': ' + (r.stderr || r.error));
+  return Number(process.hrtime.bigint() - t) / 1e6;
+};
 let input = '';
-process.stdin.setEncoding('utf8').on('data', (d) => (input += d)).on('end', () => {
-  const { ips, c1, c2, k, budget } = JSON.parse(input);
-  const one = (op, ip) => {
-    const t = process.hrtime.bigint();
-    const r = spawnSync(ip.includes(':') ? 'ip6tables' : 'iptables', [op, 'INPUT', '-s', ip, '-j', 'DROP'], { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(op + ' ' + ip + ': ' + (r.stderr || r.error));
-    return Number(process.hrtime.bigint() - t) / 1e6;
-  };
+process.stdin.setEncoding('utf8').on('data', (d) => (input += d)).on('end', () => main(JSON.parse(input)));
+`;
+/**
+ * Inserts up to c1 rules, deletes the k oldest (one `-D` each, the order bans expire), inserts up to c2, deletes the k
+ * oldest again: insert and delete costs at two chain lengths. Prints each segment: processes, ms, chain length.
+ */
+const PER_PROCESS_DRIVER = `${ONE_PROCESS}
+function main({ ips, c1, c2, k, budget }) {
   const t0 = Date.now();
   let chain = 0, next = 0, oldest = 0;
   const inserts = [], deletes = [];
@@ -310,7 +323,16 @@ process.stdin.setEncoding('utf8').on('data', (d) => (input += d)).on('end', () =
   };
   insertTo(c1); deleteOldest(); insertTo(c2); deleteOldest();
   console.log(JSON.stringify({ inserts, deletes }));
-});`;
+}`;
+
+/** The same processes against the full chain (loaded by iptables-restore): `-D` of some rules, then `-I` them back. */
+const AT_SIZE_DRIVER = `${ONE_PROCESS}
+function main({ ips, budgetMs }) {
+  const del = { n: 0, ms: 0 }, ins = { n: 0, ms: 0 };
+  for (const ip of ips) { if (del.ms > budgetMs) break; del.ms += one('-D', ip); del.n++; }
+  for (const ip of ips.slice(0, del.n)) { if (ins.ms > budgetMs) break; ins.ms += one('-I', ip); ins.n++; }
+  console.log(JSON.stringify({ del, ins }));
+}`;
 
 export interface Segment {
   /** Processes run. */
@@ -321,15 +343,20 @@ export interface Segment {
   lenTo: number;
 }
 
-/** ms per process = a + b * chainLength, fitted through two segments (b = 0, the mean, when there is no trend). */
+/**
+ * ms per process = a + b * chainLength, the line through the first and the last segment (the shortest and the longest
+ * chain measured); b = 0 and a = the mean when there is no upward trend.
+ */
 function fit(segs: Segment[]): { a: number; b: number } {
   const per = segs.filter((s) => s.n > 0).map((s) => ({ m: s.ms / s.n, len: (s.lenFrom + s.lenTo) / 2 }));
-  const b = per.length === 2 && per[1]!.len !== per[0]!.len ? (per[1]!.m - per[0]!.m) / (per[1]!.len - per[0]!.len) : 0;
-  if (b <= 0) {
+  const lo = per[0];
+  const hi = per[per.length - 1];
+  const b = lo && hi && hi.len !== lo.len ? (hi.m - lo.m) / (hi.len - lo.len) : 0;
+  if (b <= 0 || !lo) {
     const n = segs.reduce((x, s) => x + s.n, 0);
     return { a: n > 0 ? segs.reduce((x, s) => x + s.ms, 0) / n : 0, b: 0 };
   }
-  return { a: Math.max(0, per[0]!.m - b * per[0]!.len), b };
+  return { a: Math.max(0, lo.m - b * lo.len), b };
 }
 
 /** Sum of a + b * len over chain lengths 1..n: n processes inserting into a growing chain, or deleting it to empty. */
@@ -355,22 +382,35 @@ async function runPyFilter(bans: Enforcement[], seconds: number): Promise<Backen
     });
     const pp = JSON.parse(r.stdout.trim() || 'null') as { inserts: Segment[]; deletes: Segment[] } | null;
     if (pp === null) throw new Error(`per-process loop failed (exit ${r.code}${r.timedOut ? ', timed out' : ''}): ${r.stderr.trim().slice(0, 200)}`);
-    const insertFit = fit(pp.inserts);
-    const deleteFit = fit(pp.deletes);
-    res.applyMs = total(insertFit, bans.length);
-    res.removeMs = total(deleteFit, bans.length);
-
     // PyFilter at start (reload_iptables): every rule at once through iptables-restore, then packets against it.
     const script = (fam: 4 | 6) =>
       ['*filter', ':INPUT ACCEPT [0:0]', ...targets.filter((t) => t.family === fam).map((t) => `-A INPUT -s ${t.text} -j DROP`), 'COMMIT', ''].join('\n');
     const t0 = process.hrtime.bigint();
     await runNft({ nft: 'iptables-restore', netns: l.S, timeoutMs: PHASE_CAP_MS }, [], script(4));
     await runNft({ nft: 'ip6tables-restore', netns: l.S, timeoutMs: PHASE_CAP_MS }, [], script(6));
-    res.perProcess = { inserts: pp.inserts, deletes: pp.deletes, insertFit, deleteFit, restoreMs: ms(t0) };
+    const restoreMs = ms(t0);
     res.loaded = await connectRate(l, seconds);
     // Appended after every other rule: a drop proves the client's packets walk the whole chain.
     l.lab.runSync(l.S, ['iptables', '-A', 'INPUT', '-s', CLIENT, '-j', 'DROP']);
     res.clientDropped = (await probe(l)) === 'timeout';
+    l.lab.runSync(l.S, ['iptables', '-D', 'INPUT', '-s', CLIENT, '-j', 'DROP']);
+
+    // The per-process cost at the full size: rules from the middle of both chains, a few seconds' worth at most.
+    const mid = Math.floor(targets.length / 2) & ~1;
+    const r2 = await l.lab.run(l.S, [process.execPath, '-e', AT_SIZE_DRIVER], {
+      input: JSON.stringify({ ips: targets.slice(mid, mid + 10).map((t) => t.text), budgetMs: AT_SIZE_BUDGET_MS }),
+      timeoutMs: 2 * AT_SIZE_BUDGET_MS + 60_000,
+    });
+    const at = JSON.parse(r2.stdout.trim() || 'null') as { del: { n: number; ms: number }; ins: { n: number; ms: number } } | null;
+    if (at === null) throw new Error(`per-process loop on the full chain failed (exit ${r2.code}${r2.timedOut ? ', timed out' : ''}): ${r2.stderr.trim().slice(0, 200)}`);
+    const N = targets.length;
+    pp.deletes.push({ ...at.del, lenFrom: N, lenTo: N - at.del.n });
+    pp.inserts.push({ ...at.ins, lenFrom: N - at.del.n, lenTo: N - at.del.n + at.ins.n });
+    const insertFit = fit(pp.inserts);
+    const deleteFit = fit(pp.deletes);
+    res.applyMs = total(insertFit, N);
+    res.removeMs = total(deleteFit, N);
+    res.perProcess = { inserts: pp.inserts, deletes: pp.deletes, insertFit, deleteFit, restoreMs };
     return res;
   } catch (err) {
     return { ...res, error: firstLine(err) };
@@ -382,7 +422,7 @@ async function runPyFilter(bans: Enforcement[], seconds: number): Promise<Backen
 export async function runFirewallBackendsBench(n = 100_000, seconds = 3): Promise<BackendResult[]> {
   const sup = netnsSupport();
   if (!sup.ok) throw new Error(`needs ${sup.why}`);
-  const deadline = Date.now() + TOTAL_BUDGET_MS;
+  const deadline = Date.now() + TOTAL_BUDGET_MS - PYFILTER_RESERVE_MS;
   const bans = addresses(n);
   const out: BackendResult[] = [];
   for (const spec of BACKENDS) {
@@ -427,7 +467,10 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     '',
   ];
   for (const r of rs) {
-    if (r.listed !== undefined) lines.push(`${r.backend}: elements() listed ${int(r.listed)} in ${sec(r.listMs)}`);
+    if (r.listed !== undefined) {
+      const short = r.listed === n ? '' : ` (NOT ${n.toLocaleString('en')}: listed right after the ban() call)`;
+      lines.push(`${r.backend}: elements() listed ${int(r.listed)} in ${sec(r.listMs)}${short}`);
+    }
     if (r.clientDropped === false) lines.push(`${r.backend}: WARNING: banning the client did not drop its connect`);
   }
   const p = rs.find((r) => r.perProcess)?.perProcess;
@@ -440,7 +483,8 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
       `  inserts (iptables -I): ${seg(p.inserts)}`,
       `  deletes, oldest first (iptables -D): ${seg(p.deletes)}`,
       `  fitted per process: insert ${f(p.insertFit)}; delete ${f(p.deleteFit)};`,
-      `  apply/remove of ${n.toLocaleString('en')} in the table are EXTRAPOLATED from these fits (sum over the chain growing to / shrinking from ${n.toLocaleString('en')}).`,
+      `  (the last segment of each is on the full ${n.toLocaleString('en')}-rule chain); apply/remove of ${n.toLocaleString('en')} in the table are EXTRAPOLATED:`,
+      `  the sum of the fitted cost over the chain growing to / shrinking from ${n.toLocaleString('en')} rules.`,
       `  its connects/s are measured with all ${n.toLocaleString('en')} rules loaded by iptables-restore + ip6tables-restore in ${sec(p.restoreMs)} (PyFilter's reload_iptables).`,
     );
   }
