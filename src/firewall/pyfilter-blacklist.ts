@@ -13,6 +13,8 @@ export interface BlacklistEntry {
   action: 'DROP' | 'REJECT';
   /** 1-based line number in the file. */
   line: number;
+  /** Only on lines TSFilter wrote for a port-scoped ban (PyFilter's own lines block everything). */
+  scope?: PortScope;
 }
 
 export interface BlacklistSkip {
@@ -21,7 +23,8 @@ export interface BlacklistSkip {
   reason: string;
 }
 
-const BAN_LINE = /^-A INPUT -s (\S+) -j (DROP|REJECT)(?: --reject-with [a-z0-9-]+)?$/;
+/** PyFilter's ban line, or the port-scoped form blacklistLine() writes. */
+const BAN_LINE = /^-A INPUT -s (\S+)(?: -p (tcp|udp) -m multiport --dports (\d{1,5}(?:,\d{1,5}){0,14}))? -j (DROP|REJECT)(?: --reject-with [a-z0-9-]+)?$/;
 
 /** Reads one blacklist file's text; `family` is 4 for blacklist.v4 and 6 for blacklist.v6. */
 export function parseBlacklist(text: string, family: 4 | 6): { entries: BlacklistEntry[]; skipped: BlacklistSkip[] } {
@@ -60,7 +63,16 @@ export function parseBlacklist(text: string, family: 4 | 6): { entries: Blacklis
       skipped.push({ line: i + 1, text: shown, reason: `an IPv${target.family} address in the IPv${family} file` });
       continue;
     }
-    entries.push({ ip: target.text, action: m[2] as 'DROP' | 'REJECT', line: i + 1 });
+    const entry: BlacklistEntry = { ip: target.text, action: m[4] as 'DROP' | 'REJECT', line: i + 1 };
+    if (m[2] !== undefined) {
+      const ports = [...new Set(m[3]!.split(',').map(Number))].sort((a, b) => a - b);
+      if (ports.some((p) => p < 1 || p > 65535)) {
+        skipped.push({ line: i + 1, text: shown, reason: 'a port outside 1-65535' });
+        continue;
+      }
+      entry.scope = { protocol: m[2] as 'tcp' | 'udp', ports };
+    }
+    entries.push(entry);
   }
   return { entries, skipped };
 }
