@@ -17,6 +17,8 @@ import { NeverBan } from './bans/never-ban.ts';
 import { DryRunEnforcer } from './firewall/dry-run.ts';
 import { NftablesEnforcer } from './firewall/nftables.ts';
 import { IpsetEnforcer } from './firewall/ipset.ts';
+import { IptablesEnforcer } from './firewall/iptables.ts';
+import { BlacklistFilesEnforcer, readBlacklistChanges, type BlacklistChanges } from './firewall/blacklist-files.ts';
 import type { Enforcer } from './firewall/types.ts';
 import { Pipeline } from './pipeline.ts';
 import { createFileSource } from './sources/file-source.ts';
@@ -64,6 +66,15 @@ export interface DaemonHandle {
 export function createEnforcer(config: Config, logger: Logger): Enforcer {
   if (config.firewall === 'dry-run') return new DryRunEnforcer(logger);
   const common = { denyType: config.denyType, forward: config.forward, allow: config.ignoredIps, logger };
+  if (config.firewall === 'iptables') {
+    return new IptablesEnforcer({
+      ...common,
+      iptables: config.iptables.iptables,
+      ip6tables: config.iptables.ip6tables,
+      chain: config.iptables.chain,
+      checkInterval: config.iptables.checkInterval,
+    });
+  }
   if (config.firewall === 'ipset') {
     // The ipset backend has its own chain (TSFILTER_IPSET), so switching from the iptables backend never mixes the two.
     return new IpsetEnforcer({
@@ -84,6 +95,32 @@ export function createEnforcer(config: Config, logger: Logger): Enforcer {
     allow: config.ignoredIps,
     logger,
   });
+}
+
+/** Where PyFilter's blacklist files are kept current: only with the iptables-family backends and reload_iptables. */
+export function pyfilterBlacklistDir(config: Config): string | null {
+  if (!config.reloadIptables || (config.firewall !== 'iptables' && config.firewall !== 'ipset')) return null;
+  return path.join(config.dataDir, 'Config');
+}
+
+/**
+ * At start: lines added to the blacklist files (PyFilter's own, or an admin's) become permanent bans; lines deleted
+ * since TSFilter last wrote the files are unbanned, PyFilter's way of unbanning.
+ */
+function applyBlacklistChanges(ch: BlacklistChanges, bans: BanManager, store: Store, logger: Logger): void {
+  for (const s of ch.skipped) logger.warn('blacklist file line skipped', { file: s.file, line: s.line, reason: s.reason, text: s.text });
+  if (ch.imported.length > 0) {
+    const r = bans.importBans(
+      ch.imported.map((e) => ({ ip: e.ip, scope: e.scope ?? null, reason: `imported from ${path.basename(e.file)} line ${e.line} (-j ${e.action})` })),
+      'pyfilter-blacklist',
+    );
+    if (r.imported.length > 0) logger.info('bans imported from the blacklist files', { count: r.imported.length });
+    for (const s of r.skipped) if (s.why !== 'already banned') logger.warn('blacklist entry not imported', { ip: s.ip, why: s.why });
+  }
+  const now = Date.now();
+  for (const ip of ch.removed) {
+    if (store.removeBan(ip, now, 'line deleted from the blacklist file')) logger.info('unbanned: its line was deleted from the blacklist file', { ip });
+  }
 }
 
 /** What one config makes of rules: checked completely before anything is swapped in (start and SIGHUP). */
@@ -195,8 +232,11 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
     let detector = newDetector(cur);
     detector.load(store.loadCounters().filter((c) => cur.byName.has(c.rule)));
     guard.start();
-    const enforcer = createEnforcer(initial, logger);
-    enforcers.push(enforcer);
+    enforcers.push(createEnforcer(initial, logger));
+    // PyFilter's Config/blacklist.v4/.v6: read before anything writes them (the sidecar tells deleted lines apart).
+    const blacklistDir = pyfilterBlacklistDir(initial);
+    const blacklistChanges = blacklistDir === null ? null : readBlacklistChanges(blacklistDir);
+    if (blacklistDir !== null) enforcers.push(new BlacklistFilesEnforcer({ dir: blacklistDir, denyType: initial.denyType, logger }));
     const bans = new BanManager({
       store,
       enforcers,
@@ -224,6 +264,10 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
           (err) => logger.error('re-applying bans failed', { enforcer: e.name, error: err }),
         );
       });
+    }
+    if (blacklistChanges !== null) {
+      applyBlacklistChanges(blacklistChanges, bans, store, logger);
+      bans.loadPrefixBans();
     }
     for (const e of enforcers) await e.start();
     const rec = await bans.reconcile();

@@ -134,8 +134,11 @@ export class BanManager {
     this.loadPrefixBans();
   }
 
-  /** (Re)reads the active prefix bans and, for subnet escalation, the recent address bans from the store. */
-  private loadPrefixBans(): void {
+  /**
+   * (Re)reads the active prefix bans and, for subnet escalation, the recent address bans from the store; for a caller
+   * that changed the store directly (start-up imports).
+   */
+  loadPrefixBans(): void {
     const now = this.now();
     this.prefixBans = new Map();
     for (const b of this.o.store.activeBans(now)) {
@@ -578,6 +581,45 @@ export class BanManager {
     });
     const enforced = await this.enforce([toEnforcement(record, ip)]);
     return { record, replaced, enforced };
+  }
+
+  /**
+   * Stores bans found outside TSFilter (PyFilter's blacklist files at start) as permanent bans, origin 'pyfilter', in
+   * one transaction; they reach the firewall with the start-up reconciliation. Ignored and protected sources, and
+   * sources already banned, are skipped with the reason.
+   */
+  importBans(
+    entries: { ip: string; scope?: PortScope | null; reason: string }[],
+    rule: string,
+  ): { imported: string[]; skipped: { ip: string; why: string }[] } {
+    const now = this.now();
+    const imported: string[] = [];
+    const skipped: { ip: string; why: string }[] = [];
+    this.o.store.transaction(() => {
+      for (const e of entries) {
+        const ip = normalizeSource(e.ip);
+        if (ip === null) {
+          skipped.push({ ip: e.ip.slice(0, 100), why: 'not an IP address or CIDR prefix' });
+          continue;
+        }
+        const t = canonicalTarget(ip)!;
+        const why = t.isPrefix ? (this.o.ignore.whyRange?.(t) ?? null) : this.o.ignore.why ? this.o.ignore.why(ip) : this.o.ignore.has(ip) ? 'ignored' : null;
+        if (why !== null) {
+          skipped.push({ ip, why });
+          continue;
+        }
+        const input: BanInput = { ip, rule, reason: e.reason, createdAt: now, expiresAt: null, failures: 0, origin: 'pyfilter', server: this.o.server, country: null };
+        if (e.scope) input.scope = e.scope;
+        const { added, record } = this.o.store.addBan(input);
+        if (!added) {
+          skipped.push({ ip, why: 'already banned' });
+          continue;
+        }
+        this.notePrefixBan(record);
+        imported.push(ip);
+      }
+    });
+    return { imported, skipped };
   }
 
   /** Lifts the ban of an address (store and firewall) and forgets its failures. Returns whether it was banned. */
