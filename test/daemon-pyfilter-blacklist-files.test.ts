@@ -80,7 +80,8 @@ for (const backend of ['iptables', 'ipset'] as const) {
       for (let i = 0; i < 5; i++) appendFileSync(log, failed(now + i, '203.0.113.70'));
       await until(() => /msg=banned ip=203\.0\.113\.70 /.test(d.out()), 15_000, 'ban');
       await until(() => readFileSync(path.join(conf, 'blacklist.v4'), 'utf8').includes('-A INPUT -s 203.0.113.70/32 -j DROP'), 15_000, 'file written');
-      assert.ok(existsSync(path.join(conf, '.tsfilter-blacklist.json')));
+      // The sidecar (what TSFilter wrote, so a deleted line can be told from a new one) follows the files.
+      await until(() => existsSync(path.join(conf, '.tsfilter-blacklist.json')) && readFileSync(path.join(conf, '.tsfilter-blacklist.json'), 'utf8').includes('203.0.113.70'), 15_000, 'sidecar written');
       await stop(d);
 
       // The PyFilter way to unban: delete the line, restart.

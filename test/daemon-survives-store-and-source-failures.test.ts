@@ -47,7 +47,7 @@ test('after a restart, a ban of an address now in ignored_ips is not enforced (h
     writeFileSync(cfg, JSON.stringify(c));
     d = start(cfg);
     await d.waitFor(/msg=started .*active_bans=0/);
-    assert.match(d.out, /msg="active ban of an ignored address is not enforced" ip=198\.51\.100\.23/);
+    assert.match(d.out, /msg="active ban of an ignored or protected address is not enforced" ip=198\.51\.100\.23/);
     assert.doesNotMatch(d.out, /would block" ip=198\.51\.100\.23 /);
   }));
 
