@@ -18,6 +18,7 @@ import { runNft } from '../src/firewall/nft-runner.ts';
 import { canonicalTarget } from '../src/firewall/target.ts';
 import type { Enforcement, Enforcer } from '../src/firewall/types.ts';
 import { NetnsLab, netnsSupport } from '../test/helpers/netns.ts';
+import { addresses } from './nft-bulk.ts';
 
 const quiet = { info() {}, warn() {}, error() {} };
 const PORT = 2222;
@@ -69,17 +70,6 @@ export interface PerProcessResult {
   deleteFit: { a: number; b: number };
   /** iptables-restore + ip6tables-restore of all the rules at once. */
   restoreMs: number;
-}
-
-/** The same bans as bench/nft-bulk.ts: set elements / rules only, no packet ever comes from these addresses. */
-export function addresses(n: number): Enforcement[] {
-  const now = Date.now();
-  const out: Enforcement[] = [];
-  for (let i = 0; i < n; i++) {
-    const ip = i % 2 === 0 ? `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}` : `2001:db8:${(i >> 16).toString(16)}:${(i & 0xffff).toString(16)}::1`;
-    out.push({ ip, expiresAt: i % 10 === 0 ? null : now + 3600_000 + (i % 1000) * 1000, rule: 'bench' });
-  }
-  return out;
 }
 
 function ms(t0: bigint): number {

@@ -4,12 +4,12 @@
 // restart. Every firewall change happens inside namespaces of the test's own.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { IpsetEnforcer, SETS, type IpsetEnforcerOptions } from '../src/firewall/ipset.ts';
 import { canonicalTarget } from '../src/firewall/target.ts';
 import type { Enforcement, FirewallLogger } from '../src/firewall/types.ts';
-import { NetnsLab, requireNetns } from './helpers/netns.ts';
+import { requireNetns, type NetnsLab } from './helpers/netns.ts';
 import { haveCommand, requirePrereq } from './helpers/prereq.ts';
+import { connectAll, dockerUserChain, expectConnects, inLab, linkPinned, listen, routed } from './helpers/packets.ts';
 
 const CHAIN = 'TSFILTER_IPSET';
 const PORTS = [22, 2222];
@@ -37,38 +37,11 @@ function prereqs(t: Parameters<typeof requireNetns>[0]): boolean {
   return requirePrereq(t, haveCommand('ipset') && haveCommand('iptables') && haveCommand('ip6tables'), 'ipset, iptables and ip6tables', 'apt-get install -y ipset iptables');
 }
 
-/** A TCP greeter listening on `ports` (dual-stack) inside ns. */
-async function listen(lab: NetnsLab, ns: string, ports: number[]): Promise<void> {
-  const js = `const net = require('net'); let n = 0;
-    for (const p of ${JSON.stringify(ports)}) net.createServer((s) => s.end('hi\\n')).listen(p, '::', () => { if (++n === ${ports.length}) console.log('listening'); });`;
-  const srv = lab.spawn(ns, [process.execPath, '-e', js]);
-  srv.stdout!.setEncoding('utf8');
-  const [line] = (await Promise.race([once(srv.stdout!, 'data'), once(srv, 'exit')])) as [string];
-  assert.match(String(line), /listening/, 'test server started');
-}
-
-/**
- * Static neighbor entries for the peer's addresses: a banned IPv6 neighbor's own neighbor solicitations are dropped
- * too (they come from the banned address), which a real attacker behind a router never notices; pinning the entries
- * makes the lab behave like that, and removes the first-contact resolution delay from every probe.
- */
-function pin(lab: NetnsLab, ns: string, ifname: string, peerNs: string, peerIf: string, peerAddrs: string[]): void {
-  const [link] = JSON.parse(lab.runSync(peerNs, ['ip', '-j', 'link', 'show', 'dev', peerIf])) as { address: string }[];
-  for (const a of peerAddrs) lab.runSync(ns, ['ip', 'neigh', 'replace', a.replace(/\/\d+$/, ''), 'lladdr', link!.address, 'dev', ifname, 'nud', 'permanent']);
-}
-
-/** A veth pair with the neighbors pinned on both sides. */
-function link(lab: NetnsLab, a: string, b: string, addrsA: string[], addrsB: string[]): void {
-  const { ifA, ifB } = lab.link(a, b, addrsA, addrsB);
-  pin(lab, a, ifA, b, ifB, addrsB);
-  pin(lab, b, ifB, a, ifA, addrsA);
-}
-
 /** Server and client namespaces on one veth pair, both doc subnets of each family on it. */
 async function pair(lab: NetnsLab): Promise<{ S: string; C: string }> {
   const S = lab.ns('s');
   const C = lab.ns('c');
-  link(lab, S, C, [`${SRV[4]}/24`, `${SRV.p4}/24`, `${SRV[6]}/64`, `${SRV.p6}/64`], [
+  linkPinned(lab, S, C, [`${SRV[4]}/24`, `${SRV.p4}/24`, `${SRV[6]}/64`, `${SRV.p6}/64`], [
     ...[CL.a4, CL.b4, CL.c4].map((a) => `${a}/24`),
     ...[CL.in4, CL.ok4].map((a) => `${a}/24`),
     ...[CL.a6, CL.b6, CL.c6, CL.in6, CL.ok6].map((a) => `${a}/64`),
@@ -77,45 +50,19 @@ async function pair(lab: NetnsLab): Promise<{ S: string; C: string }> {
   return { S, C };
 }
 
-interface Probe {
-  src: string;
-  port: number;
-  /** Defaults to the server address in the source's subnet. */
-  host?: string;
-}
-
 function hostFor(src: string): string {
   if (src.startsWith('198.51.100.')) return SRV.p4;
   if (src.startsWith('2001:db8:2:')) return SRV.p6;
   return src.includes(':') ? SRV[6] : SRV[4];
 }
 
-/** Connects for every probe in parallel from one node process in ns: 'ok', 'timeout' or the error code each. */
-async function probe(lab: NetnsLab, ns: string, probes: Probe[], timeoutMs = 1000): Promise<{ result: string; ms: number }[]> {
-  const jobs = probes.map((p) => ({ host: p.host ?? hostFor(p.src), port: p.port, localAddress: p.src }));
-  const js = `const net = require('net'); const jobs = JSON.parse(process.argv[1]); const out = []; let left = jobs.length;
-    jobs.forEach((j, i) => {
-      const t0 = Date.now(); let done = false;
-      const s = net.connect(j);
-      const fin = (r) => { if (done) return; done = true; clearTimeout(timer); s.destroy(); out[i] = { result: r, ms: Date.now() - t0 };
-        if (--left === 0) { console.log(JSON.stringify(out)); process.exit(0); } };
-      const timer = setTimeout(() => fin('timeout'), ${timeoutMs});
-      s.on('data', () => fin('ok'));
-      s.on('error', (e) => fin(e.code));
-    });`;
-  const r = await lab.run(ns, [process.execPath, '-e', js, JSON.stringify(jobs)], { timeoutMs: 15_000 });
-  assert.equal(r.code, 0, `probe ran: ${r.stderr}`);
-  return JSON.parse(r.stdout) as { result: string; ms: number }[];
+/** Connects from ns to the server address in each source's subnet and asserts each result: [src, port, expected]. */
+function expect(lab: NetnsLab, ns: string, cases: [string, number, string][], what: string, timeoutMs?: number) {
+  return expectConnects(lab, ns, cases.map(([from, port, want]) => ({ from, to: hostFor(from), port, want })), what, timeoutMs);
 }
 
-/** Probes and asserts each result: [src, port, expected]. */
-async function expect(lab: NetnsLab, ns: string, cases: [string, number, string][], what: string, timeoutMs?: number): Promise<{ result: string; ms: number }[]> {
-  const got = await probe(lab, ns, cases.map(([src, port]) => ({ src, port })), timeoutMs);
-  const want = cases.map(([src, port, r]) => `${src} -> ${port}: ${r}`);
-  const have = cases.map(([src, port], i) => `${src} -> ${port}: ${got[i]!.result}`);
-  assert.deepEqual(have, want, what);
-  return got;
-}
+/** The same port and expected result for several sources. */
+const each = (srcs: string[], port: number, want: string): [string, number, string][] => srcs.map((src) => [src, port, want]);
 
 function waitFor(cond: () => boolean | Promise<boolean>, ms: number, what: string): Promise<number> {
   const t0 = Date.now();
@@ -138,12 +85,11 @@ function enforcer(ns: string, opts: Partial<IpsetEnforcerOptions> = {}): IpsetEn
 
 test('DROP: addresses, prefixes, allowed addresses inside a prefix, port scopes, unban and kernel expiry', async (t) => {
   if (!prereqs(t)) return;
-  const lab = new NetnsLab('ipset-drop');
-  try {
+  await inLab('ipset-drop', async (lab) => {
     const { S, C } = await pair(lab);
     const e = enforcer(S, { allow: [CL.ok4, CL.ok6] });
     await e.start();
-    const everyone: [string, number, string][] = Object.values(CL).flatMap((a) => PORTS.map((p): [string, number, string] => [a, p, 'ok']));
+    const everyone = PORTS.flatMap((p) => each(Object.values(CL), p, 'ok'));
     await expect(lab, C, everyone, 'all connect before any ban');
 
     const tcp22 = { protocol: 'tcp' as const, ports: [22] };
@@ -154,20 +100,7 @@ test('DROP: addresses, prefixes, allowed addresses inside a prefix, port scopes,
     await expect(
       lab,
       C,
-      [
-        [CL.a4, 2222, 'timeout'],
-        [CL.a6, 2222, 'timeout'],
-        [CL.c4, 2222, 'ok'],
-        [CL.c6, 2222, 'ok'],
-        [CL.in4, 2222, 'timeout'],
-        [CL.in6, 2222, 'timeout'],
-        [CL.ok4, 2222, 'ok'],
-        [CL.ok6, 2222, 'ok'],
-        [CL.b4, 22, 'timeout'],
-        [CL.b6, 22, 'timeout'],
-        [CL.b4, 2222, 'ok'],
-        [CL.b6, 2222, 'ok'],
-      ],
+      [...each([CL.a4, CL.a6, CL.in4, CL.in6], 2222, 'timeout'), ...each([CL.c4, CL.c6, CL.ok4, CL.ok6, CL.b4, CL.b6], 2222, 'ok'), ...each([CL.b4, CL.b6], 22, 'timeout')],
       'banned sources dropped, others (and allowed ones inside a banned prefix) connect, a tcp/22 ban leaves 2222 open',
     );
     assert.deepEqual(new Set(await e.elements()), new Set([CL.a4, CL.a6, '198.51.100.0/24', '2001:db8:2::/64', CL.b4, CL.b6]));
@@ -194,34 +127,19 @@ test('DROP: addresses, prefixes, allowed addresses inside a prefix, port scopes,
     await expect(lab, C, [[CL.a4, 2222, 'ok'], [CL.a6, 2222, 'ok']], 'connects once the kernel expired the elements');
     assert.equal(e2.health().ok, true);
     await e2.stop();
-  } finally {
-    lab.dispose();
-  }
+  });
 });
 
 test('REJECT refuses at once (TCP reset), for whole-source and port-scoped bans; a /0 ban is refused', async (t) => {
   if (!prereqs(t)) return;
-  const lab = new NetnsLab('ipset-reject');
-  try {
+  await inLab('ipset-reject', async (lab) => {
     const { S, C } = await pair(lab);
     const e = enforcer(S, { denyType: 'REJECT' });
     await e.start();
     const tcp22 = { protocol: 'tcp' as const, ports: [22] };
     await e.ban([ban(CL.a4), ban(CL.a6), ban(CL.b4, hour(), tcp22), ban(CL.b6, hour(), tcp22)]);
-    const got = await expect(
-      lab,
-      C,
-      [
-        [CL.a4, 2222, 'ECONNREFUSED'],
-        [CL.a6, 2222, 'ECONNREFUSED'],
-        [CL.b4, 22, 'ECONNREFUSED'],
-        [CL.b6, 22, 'ECONNREFUSED'],
-        [CL.b4, 2222, 'ok'],
-        [CL.c4, 22, 'ok'],
-      ],
-      'refused with a reset, others connect',
-      3000,
-    );
+    const refused = [...each([CL.a4, CL.a6], 2222, 'ECONNREFUSED'), ...each([CL.b4, CL.b6], 22, 'ECONNREFUSED')];
+    const got = await expect(lab, C, [...refused, [CL.b4, 2222, 'ok'], [CL.c4, 22, 'ok']], 'refused with a reset, others connect', 3000);
     const slowest = Math.max(...got.slice(0, 4).map((g) => g.ms));
     t.diagnostic(`refusals took at most ${slowest} ms`);
     assert.ok(slowest < 1000, `a refusal is immediate, not a timeout (${slowest} ms)`);
@@ -229,16 +147,13 @@ test('REJECT refuses at once (TCP reset), for whole-source and port-scoped bans;
     await assert.rejects(e.ban([ban('0.0.0.0/0')]), /\/0 prefix/);
     await assert.rejects(e.ban([ban('192.0.2.1;reboot')]), /not an IP address/);
     await e.stop();
-  } finally {
-    lab.dispose();
-  }
+  });
 });
 
 test('iptables-legacy: -restore and -save are derived from the binary name', async (t) => {
   if (!prereqs(t)) return;
   if (!requirePrereq(t, haveCommand('iptables-legacy') && haveCommand('ip6tables-legacy'), 'iptables-legacy', 'apt-get install -y iptables')) return;
-  const lab = new NetnsLab('ipset-legacy');
-  try {
+  await inLab('ipset-legacy', async (lab) => {
     const { S, C } = await pair(lab);
     const e = enforcer(S, { iptables: 'iptables-legacy', ip6tables: 'ip6tables-legacy' });
     await e.start();
@@ -248,15 +163,12 @@ test('iptables-legacy: -restore and -save are derived from the binary name', asy
     assert.equal(await e.check(), true, 'the watcher finds the legacy chain intact');
     assert.equal(e.health().repairs, 0);
     await e.stop();
-  } finally {
-    lab.dispose();
-  }
+  });
 });
 
 test('the watcher repairs a flushed set, a flushed chain, a vanished jump and a destroyed set, and fires onLost', async (t) => {
   if (!prereqs(t)) return;
-  const lab = new NetnsLab('ipset-watch');
-  try {
+  await inLab('ipset-watch', async (lab) => {
     const { S, C } = await pair(lab);
     const active = [ban(CL.a4), ban(CL.a6), ban('198.51.100.0/24')];
     const e = enforcer(S, { checkInterval: 0.3 });
@@ -309,31 +221,23 @@ test('the watcher repairs a flushed set, a flushed chain, a vanished jump and a 
     assert.ok(e.health().repairs >= damage.length, `repairs counted (${e.health().repairs})`);
     assert.match(lab.runSync(S, ['ipset', 'list', '-t', SETS[4].ban]), /Number of entries: 2/);
     await e.stop();
-  } finally {
-    lab.dispose();
-  }
+  });
 });
 
 test('forward: a router namespace blocks a banned client from FORWARD, or from DOCKER-USER when it exists', async (t) => {
   if (!prereqs(t)) return;
-  const lab = new NetnsLab('ipset-fwd');
-  try {
-    const c = lab.ns('c');
-    const r = lab.ns('r');
-    const s = lab.ns('s');
-    link(lab, c, r, ['203.0.113.2/24', '2001:db8:3::2/64'], ['203.0.113.1/24', '2001:db8:3::1/64']);
-    link(lab, r, s, ['198.51.100.1/24', '2001:db8:4::1/64'], ['198.51.100.2/24', '2001:db8:4::2/64']);
-    lab.runSync(c, ['ip', 'route', 'add', 'default', 'via', '203.0.113.1']);
-    lab.runSync(c, ['ip', '-6', 'route', 'add', 'default', 'via', '2001:db8:3::1']);
-    lab.runSync(s, ['ip', 'route', 'add', 'default', 'via', '198.51.100.1']);
-    lab.runSync(s, ['ip', '-6', 'route', 'add', 'default', 'via', '2001:db8:4::1']);
-    lab.runSync(r, ['sysctl', '-qw', 'net.ipv4.ip_forward=1']);
-    lab.runSync(r, ['sysctl', '-qw', 'net.ipv6.conf.all.forwarding=1']);
+  await inLab('ipset-fwd', async (lab) => {
+    const { c, r, s } = routed(lab, {
+      client: ['203.0.113.2/24', '2001:db8:3::2/64'],
+      routerToClient: ['203.0.113.1/24', '2001:db8:3::1/64'],
+      routerToServer: ['198.51.100.1/24', '2001:db8:4::1/64'],
+      server: ['198.51.100.2/24', '2001:db8:4::2/64'],
+    });
     await listen(lab, s, [2222]);
     const through = async (want: string, what: string) => {
-      const got = await probe(lab, c, [
-        { src: '203.0.113.2', host: '198.51.100.2', port: 2222 },
-        { src: '2001:db8:3::2', host: '2001:db8:4::2', port: 2222 },
+      const got = await connectAll(lab, c, [
+        { from: '203.0.113.2', to: '198.51.100.2', port: 2222 },
+        { from: '2001:db8:3::2', to: '2001:db8:4::2', port: 2222 },
       ]);
       assert.deepEqual(got.map((g) => g.result), [want, want], what);
     };
@@ -347,12 +251,8 @@ test('forward: a router namespace blocks a banned client from FORWARD, or from D
     for (const bin of ['iptables', 'ip6tables']) assert.match(save(bin), /^-A FORWARD -j TSFILTER_IPSET$/m, `${bin}: jump from FORWARD`);
     await e.stop();
 
-    // As Docker does: DOCKER-USER, jumped to from FORWARD. A new enforcer moves its jump there.
-    for (const bin of ['iptables', 'ip6tables']) {
-      lab.runSync(r, [bin, '-N', 'DOCKER-USER']);
-      lab.runSync(r, [bin, '-A', 'DOCKER-USER', '-j', 'RETURN']);
-      lab.runSync(r, [bin, '-I', 'FORWARD', '1', '-j', 'DOCKER-USER']);
-    }
+    // Docker starts: a new enforcer moves its jump to DOCKER-USER.
+    dockerUserChain(lab, r);
     const e2 = enforcer(r, { forward: true });
     await e2.start();
     for (const bin of ['iptables', 'ip6tables']) {
@@ -364,15 +264,12 @@ test('forward: a router namespace blocks a banned client from FORWARD, or from D
     await e2.unban(['203.0.113.2', '2001:db8:3::/64']);
     await through('ok', 'forwarded again after unban');
     await e2.stop();
-  } finally {
-    lab.dispose();
-  }
+  });
 });
 
 test('100,000 bans in one go; elements() lists them all; they survive a restart; a set of the wrong type is recreated', async (t) => {
   if (!prereqs(t)) return;
-  const lab = new NetnsLab('ipset-bulk');
-  try {
+  await inLab('ipset-bulk', async (lab) => {
     const ns = lab.ns('b');
     // A stale set of another type: recreated with a warning.
     lab.runSync(ns, ['ipset', 'create', SETS[6].ports, 'hash:ip', 'family', 'inet6']);
@@ -420,7 +317,5 @@ test('100,000 bans in one go; elements() lists them all; they survive a restart;
     t.diagnostic(`unban(100,000): ${Date.now() - t0} ms`);
     assert.deepEqual(await e2.elements(), []);
     await e2.stop();
-  } finally {
-    lab.dispose();
-  }
+  });
 });

@@ -4,7 +4,6 @@
 // legacy variant. The iptables binaries are wrapped by a script that logs each call, to count restore processes.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { appendFileSync, chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -12,6 +11,7 @@ import { IptablesEnforcer, type IptablesEnforcerOptions } from '../src/firewall/
 import type { Enforcement, FirewallLogger } from '../src/firewall/types.ts';
 import { NetnsLab, netnsSupport, requireNetns } from './helpers/netns.ts';
 import { requirePrereq } from './helpers/prereq.ts';
+import { connectAll, dockerUserChain, expectConnects, inLab, linkPinned, listen, routed, type Expected } from './helpers/packets.ts';
 
 const quiet: FirewallLogger = { info() {}, warn() {}, error() {} };
 const SRV = { 4: '192.0.2.1', 6: '2001:db8:1::1', p4: '198.51.100.1', p6: '2001:db8:2::1' } as const;
@@ -34,42 +34,19 @@ let C = '';
 let wrapDir = '';
 let callLog = '';
 
-const SERVER_JS = `const net = require('net'); let n = 0;
-for (const port of [22, 8080]) net.createServer((s) => s.end('hi\\n')).listen(port, '::', () => { if (++n === 2) console.log('listening'); });`;
+/** Ports the server listens on: 22 is what the port-scoped bans name, 8080 stays outside them. */
+const PORTS = [22, 8080];
 
-const PROBE_JS = `const net = require('net');
-const jobs = JSON.parse(process.argv[1]);
-Promise.all(jobs.map((j) => new Promise((res) => {
-  const t0 = Date.now();
-  const s = net.connect({ host: j.to, port: j.port, localAddress: j.from });
-  let timer;
-  const done = (r) => { clearTimeout(timer); s.destroy(); res({ r, ms: Date.now() - t0 }); };
-  timer = setTimeout(() => done('timeout'), ${PROBE_TIMEOUT_MS});
-  s.once('data', () => done('ok'));
-  s.once('error', (e) => done(e.code || e.message));
-}))).then((r) => { console.log(JSON.stringify(r)); process.exit(0); });`;
-
-async function listen(ns: string): Promise<void> {
-  const srv = lab.spawn(ns, [process.execPath, '-e', SERVER_JS]);
-  srv.stdout!.setEncoding('utf8');
-  const [line] = (await Promise.race([once(srv.stdout!, 'data'), once(srv, 'exit')])) as [string];
-  assert.match(String(line), /listening/, 'test server started');
-}
-
-type Job = { from: string; to: string; port: number; want: 'ok' | 'timeout' | 'ECONNREFUSED'; what: string };
+type Job = Expected & { want: 'ok' | 'timeout' | 'ECONNREFUSED' };
 
 /** Runs every connection at once from one process in `ns` (so the timeouts overlap) and checks each outcome. */
-async function expectConnections(ns: string, jobs: Job[]): Promise<{ r: string; ms: number }[]> {
-  const run = await lab.run(ns, [process.execPath, '-e', PROBE_JS, JSON.stringify(jobs)], { timeoutMs: 15_000 });
-  assert.equal(run.code, 0, `probe failed: ${run.stderr}`);
-  const res = JSON.parse(run.stdout) as { r: string; ms: number }[];
-  const bad = jobs.map((j, i) => ({ j, got: res[i]! })).filter(({ j, got }) => j.want !== got.r);
-  assert.deepEqual(
-    bad.map(({ j, got }) => `${j.what} (${j.from} -> [${j.to}]:${j.port}): got ${got.r}`),
-    [],
-    'every connection behaves as expected',
-  );
-  return res;
+function expectConnections(ns: string, jobs: Job[]) {
+  return expectConnects(lab, ns, jobs, 'every connection behaves as expected', PROBE_TIMEOUT_MS);
+}
+
+/** From a client namespace of another lab to its server: each connect's result. */
+async function results(l: NetnsLab, ns: string, jobs: { from: string; to: string; port: number }[]): Promise<string[]> {
+  return (await connectAll(l, ns, jobs, PROBE_TIMEOUT_MS)).map((x) => x.result);
 }
 
 const to = (from: string): string => (from.includes(':') ? (from.startsWith('2001:db8:2:') ? SRV.p6 : SRV[6]) : from.startsWith('198.51.100.') ? SRV.p4 : SRV[4]);
@@ -92,27 +69,6 @@ process.exit(r.status === null ? 1 : r.status);
     );
     chmodSync(file, 0o755);
   }
-}
-
-/**
- * Static IPv6 neighbour entries both ways over a veth pair. A banned on-link IPv6 address cannot do neighbour
- * discovery with the server either (its NS/NA are dropped like any other packet from it), and a fresh neighbour entry
- * here can cost a SYN its first transmission (answered after TCP's 1 s retransmit): pinned entries keep these tests
- * about the firewall rules, with 1 s connect timeouts that mean what they say.
- */
-function pinNeighbours(l: NetnsLab, a: string, ifA: string, addrsA: string[], b: string, ifB: string, addrsB: string[]): void {
-  const mac = (ns: string, ifname: string): string => (JSON.parse(l.runSync(ns, ['ip', '-j', 'link', 'show', 'dev', ifname])) as { address: string }[])[0]!.address;
-  const pin = (ns: string, ifname: string, addrs: string[], lladdr: string): void => {
-    for (const x of addrs.filter((x) => x.includes(':'))) l.runSync(ns, ['ip', '-6', 'neigh', 'replace', x.split('/')[0]!, 'lladdr', lladdr, 'dev', ifname, 'nud', 'permanent']);
-  };
-  pin(a, ifA, addrsB, mac(b, ifB));
-  pin(b, ifB, addrsA, mac(a, ifA));
-}
-
-/** link() plus pinned IPv6 neighbours. */
-function connect(l: NetnsLab, a: string, b: string, addrsA: string[], addrsB: string[]): void {
-  const { ifA, ifB } = l.link(a, b, addrsA, addrsB);
-  pinNeighbours(l, a, ifA, addrsA, b, ifB, addrsB);
 }
 
 const restores = (): number => readFileSync(callLog, 'utf8').split('\n').filter((l) => l.endsWith('-restore')).length;
@@ -154,8 +110,8 @@ before(async () => {
   if (!netnsSupport().ok) return;
   S = lab.ns('s');
   C = lab.ns('c');
-  connect(lab, S, C, [`${SRV[4]}/24`, `${SRV[6]}/64`, `${SRV.p4}/24`, `${SRV.p6}/64`], [`${CL.a4}/24`, `${CL.a6}/64`, `${CL.b4}/24`, `${CL.b6}/64`, `${CL.p4}/24`, `${CL.p6}/64`, `${CL.i4}/24`, `${CL.i6}/64`]);
-  await listen(S);
+  linkPinned(lab, S, C, [`${SRV[4]}/24`, `${SRV[6]}/64`, `${SRV.p4}/24`, `${SRV.p6}/64`], [`${CL.a4}/24`, `${CL.a6}/64`, `${CL.b4}/24`, `${CL.b6}/64`, `${CL.p4}/24`, `${CL.p6}/64`, `${CL.i4}/24`, `${CL.i6}/64`]);
+  await listen(lab, S, PORTS);
 });
 after(() => {
   lab.dispose();
@@ -335,30 +291,20 @@ test('the watcher repairs a flushed chain, a deleted jump and a flushed table, a
 
 test('forward: a banned client cannot connect through the router; the jump goes to DOCKER-USER when Docker made it', async (t) => {
   if (!requireNetns(t)) return;
-  const fl = new NetnsLab('ipt-forward');
-  try {
-    const c = fl.ns('c');
-    const r = fl.ns('r');
-    const s = fl.ns('s');
-    connect(fl, c, r, ['203.0.113.2/24', '2001:db8:3::2/64'], ['203.0.113.1/24', '2001:db8:3::1/64']);
-    connect(fl, r, s, ['192.0.2.1/24', '2001:db8:4::1/64'], ['192.0.2.10/24', '2001:db8:4::10/64']);
-    fl.runSync(c, ['ip', 'route', 'add', 'default', 'via', '203.0.113.1']);
-    fl.runSync(c, ['ip', '-6', 'route', 'add', 'default', 'via', '2001:db8:3::1']);
-    fl.runSync(s, ['ip', 'route', 'add', 'default', 'via', '192.0.2.1']);
-    fl.runSync(s, ['ip', '-6', 'route', 'add', 'default', 'via', '2001:db8:4::1']);
-    fl.runSync(r, ['sysctl', '-qw', 'net.ipv4.ip_forward=1']);
-    fl.runSync(r, ['sysctl', '-qw', 'net.ipv6.conf.all.forwarding=1']);
-    const srv = fl.spawn(s, [process.execPath, '-e', SERVER_JS]);
-    srv.stdout!.setEncoding('utf8');
-    assert.match(String(((await Promise.race([once(srv.stdout!, 'data'), once(srv, 'exit')])) as [string])[0]), /listening/);
+  await inLab('ipt-forward', async (fl) => {
+    const { c, r, s } = routed(fl, {
+      client: ['203.0.113.2/24', '2001:db8:3::2/64'],
+      routerToClient: ['203.0.113.1/24', '2001:db8:3::1/64'],
+      routerToServer: ['192.0.2.1/24', '2001:db8:4::1/64'],
+      server: ['192.0.2.10/24', '2001:db8:4::10/64'],
+    });
+    await listen(fl, s, PORTS);
     const probe = async (want: Job['want'], what: string): Promise<void> => {
-      const jobs: Job[] = [
-        { from: '203.0.113.2', to: '192.0.2.10', port: 8080, want, what: `v4 ${what}` },
-        { from: '2001:db8:3::2', to: '2001:db8:4::10', port: 8080, want, what: `v6 ${what}` },
-      ];
-      const run = await fl.run(c, [process.execPath, '-e', PROBE_JS, JSON.stringify(jobs)], { timeoutMs: 15_000 });
-      const res = JSON.parse(run.stdout) as { r: string }[];
-      assert.deepEqual(res.map((x) => x.r), [want, want], `${what}: ${run.stderr}`);
+      const got = await results(fl, c, [
+        { from: '203.0.113.2', to: '192.0.2.10', port: 8080 },
+        { from: '2001:db8:3::2', to: '2001:db8:4::10', port: 8080 },
+      ]);
+      assert.deepEqual(got, [want, want], what);
     };
     const bans = [ban('203.0.113.2'), ban('2001:db8:3::2')];
     await probe('ok', 'routed before any ban');
@@ -376,12 +322,8 @@ test('forward: a banned client cannot connect through the router; the jump goes 
     await probe('timeout', 'routed while banned, forward on (bans kept across the restart)');
     await fwd.stop();
 
-    // As Docker does: DOCKER-USER, jumped to from the top of FORWARD, ending in RETURN.
-    for (const bin of ['iptables', 'ip6tables']) {
-      fl.runSync(r, [bin, '-N', 'DOCKER-USER']);
-      fl.runSync(r, [bin, '-A', 'DOCKER-USER', '-j', 'RETURN']);
-      fl.runSync(r, [bin, '-I', 'FORWARD', '1', '-j', 'DOCKER-USER']);
-    }
+    // Docker starts: a new enforcer moves its jump to DOCKER-USER.
+    dockerUserChain(fl, r);
     const docker = enforcer(r, { forward: true });
     await docker.start();
     for (const bin of ['iptables', 'ip6tables']) {
@@ -392,21 +334,20 @@ test('forward: a banned client cannot connect through the router; the jump goes 
     await docker.unban(['203.0.113.2', '2001:db8:3::2']);
     await probe('ok', 'routed after unban');
     await docker.stop();
-  } finally {
-    fl.dispose();
-  }
+  });
 });
 
 test('100,000 bans apply in one go, are all listed by elements(), and large unbans rebuild the chain', async (t) => {
   if (!requireNetns(t)) return;
-  const bl = new NetnsLab('ipt-100k');
-  try {
+  await inLab('ipt-100k', async (bl) => {
     const s = bl.ns('s');
     const c = bl.ns('c');
-    connect(bl, s, c, ['192.0.2.1/24', '2001:db8:1::1/64'], ['192.0.2.2/24', '2001:db8:1::2/64']);
-    const srv = bl.spawn(s, [process.execPath, '-e', SERVER_JS]);
-    srv.stdout!.setEncoding('utf8');
-    assert.match(String(((await Promise.race([once(srv.stdout!, 'data'), once(srv, 'exit')])) as [string])[0]), /listening/);
+    linkPinned(bl, s, c, ['192.0.2.1/24', '2001:db8:1::1/64'], ['192.0.2.2/24', '2001:db8:1::2/64']);
+    await listen(bl, s, PORTS);
+    const client = [
+      { from: '192.0.2.2', to: '192.0.2.1', port: 22 },
+      { from: '2001:db8:1::2', to: '2001:db8:1::1', port: 22 },
+    ];
     const ips: string[] = [];
     for (const net of ['192.0.2', '198.51.100', '203.0.113']) for (let i = 0; i < 256; i++) ips.push(`${net}.${i}`);
     ips.push('2001:db8:1::2');
@@ -427,9 +368,7 @@ test('100,000 bans apply in one go, are all listed by elements(), and large unba
     t.diagnostic(`ban of ${ips.length} sources: ${bulk} ms, ${procs} restore process(es); one single-address ban: ${single} ms`);
     assert.ok(procs <= 4, `a handful of restore processes, got ${procs}`);
     assert.ok(bulk < (ips.length * single) / 100, `${bulk} ms is far below ${ips.length} x ${single} ms`);
-    await bl
-      .run(c, [process.execPath, '-e', PROBE_JS, JSON.stringify([{ from: '192.0.2.2', to: '192.0.2.1', port: 22 }, { from: '2001:db8:1::2', to: '2001:db8:1::1', port: 22 }])])
-      .then((r) => assert.deepEqual((JSON.parse(r.stdout) as { r: string }[]).map((x) => x.r), ['timeout', 'timeout'], 'the client is among the banned'));
+    assert.deepEqual(await results(bl, c, client), ['timeout', 'timeout'], 'the client is among the banned');
 
     t0 = Date.now();
     const listed = await e.elements();
@@ -449,35 +388,28 @@ test('100,000 bans apply in one go, are all listed by elements(), and large unba
     await e.unban(['192.0.2.2', '2001:db8:1::2']);
     t.diagnostic(`unban of 2 from a chain of ${e.health().rules}: ${Date.now() - t0} ms`);
     assert.equal(restores() - before, 2);
-    const r = await bl.run(c, [process.execPath, '-e', PROBE_JS, JSON.stringify([{ from: '192.0.2.2', to: '192.0.2.1', port: 22 }, { from: '2001:db8:1::2', to: '2001:db8:1::1', port: 22 }])]);
-    assert.deepEqual((JSON.parse(r.stdout) as { r: string }[]).map((x) => x.r), ['ok', 'ok'], 'connects after unban');
+    assert.deepEqual(await results(bl, c, client), ['ok', 'ok'], 'connects after unban');
     assert.equal((await e.elements()).length, new Set(ips).size - gone.length - 2);
     await e.stop();
-  } finally {
-    bl.dispose();
-  }
+  });
 });
 
 test('iptables-legacy: the same enforcer with the legacy binaries', async (t) => {
   if (!requireNetns(t)) return;
-  const ll = new NetnsLab('ipt-legacy');
-  try {
+  await inLab('ipt-legacy', async (ll) => {
     const s = ll.ns('s');
     const c = ll.ns('c');
     const probeOk = await ll.run(s, ['iptables-legacy-save', '-t', 'filter'], { timeoutMs: 10_000 });
     if (!requirePrereq(t, probeOk.code === 0, `iptables-legacy in a namespace (${probeOk.stderr.trim()})`, 'install iptables (legacy variant) and load ip_tables')) return;
-    connect(ll, s, c, ['192.0.2.1/24', '2001:db8:1::1/64'], ['192.0.2.2/24', '2001:db8:1::2/64', '192.0.2.5/24']);
-    const srv = ll.spawn(s, [process.execPath, '-e', SERVER_JS]);
-    srv.stdout!.setEncoding('utf8');
-    assert.match(String(((await Promise.race([once(srv.stdout!, 'data'), once(srv, 'exit')])) as [string])[0]), /listening/);
+    linkPinned(ll, s, c, ['192.0.2.1/24', '2001:db8:1::1/64'], ['192.0.2.2/24', '2001:db8:1::2/64', '192.0.2.5/24']);
+    await listen(ll, s, PORTS);
     const probe = async (want: string[], what: string): Promise<void> => {
       const jobs = [
         { from: '192.0.2.2', to: '192.0.2.1', port: 22 },
         { from: '2001:db8:1::2', to: '2001:db8:1::1', port: 22 },
         { from: '192.0.2.5', to: '192.0.2.1', port: 22 },
       ];
-      const run = await ll.run(c, [process.execPath, '-e', PROBE_JS, JSON.stringify(jobs)], { timeoutMs: 15_000 });
-      assert.deepEqual((JSON.parse(run.stdout) as { r: string }[]).map((x) => x.r), want, what);
+      assert.deepEqual(await results(ll, c, jobs), want, what);
     };
     makeWrappers(['iptables-legacy', 'iptables-legacy-restore', 'iptables-legacy-save', 'ip6tables-legacy', 'ip6tables-legacy-restore', 'ip6tables-legacy-save']);
     const e = enforcer(s, { iptables: path.join(wrapDir, 'iptables-legacy'), ip6tables: path.join(wrapDir, 'ip6tables-legacy') });
@@ -491,7 +423,5 @@ test('iptables-legacy: the same enforcer with the legacy binaries', async (t) =>
     await e.unban(['192.0.2.2', '2001:db8:1::2']);
     await probe(['ok', 'ok', 'ok'], 'after unban');
     await e.stop();
-  } finally {
-    ll.dispose();
-  }
+  });
 });

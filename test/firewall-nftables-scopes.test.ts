@@ -4,10 +4,10 @@
 // setAllowed() at runtime; and, through a router namespace, forwarded traffic is filtered only with forward on.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { NftablesEnforcer, type NftLogger } from '../src/firewall/nftables.ts';
 import type { Enforcement, PortScope } from '../src/firewall/types.ts';
 import { NetnsLab, netnsSupport, requireNetns } from './helpers/netns.ts';
+import { listen } from './helpers/packets.ts';
 
 const quiet: NftLogger = { info() {}, warn() {}, error() {} };
 const PORT_A = 2222;
@@ -24,21 +24,12 @@ const OUTER = { 4: '192.0.2.0/25', 6: '2001:db8:1::/96' } as const;
 let S = '';
 let C = '';
 
-async function listen(ns: string): Promise<void> {
-  const js = `const net = require('net'); let n = 0;
-    for (const p of [${PORT_A}, ${PORT_B}]) net.createServer((s) => s.end('hi\\n')).listen(p, '::', () => { if (++n === 2) console.log('listening'); });`;
-  const srv = lab.spawn(ns, [process.execPath, '-e', js]);
-  srv.stdout!.setEncoding('utf8');
-  const [line] = (await Promise.race([once(srv.stdout!, 'data'), once(srv, 'exit')])) as [string];
-  assert.match(String(line), /listening/, 'test server started');
-}
-
 before(async () => {
   if (!netnsSupport().ok) return;
   S = lab.ns('s');
   C = lab.ns('c');
   lab.link(S, C, [`${SERVER[4]}/24`, `${SERVER[6]}/64`], [`${VICTIM[4]}/24`, `${OTHER[4]}/24`, `${VICTIM[6]}/64`, `${OTHER[6]}/64`]);
-  await listen(S);
+  await listen(lab, S, [PORT_A, PORT_B]);
   // Neighbour discovery first: the first SYN from a second IPv6 address on a fresh link can be lost (retransmitted
   // after 1 s), which a 1 s probe would take for a drop.
   await warmUp(C, [VICTIM, OTHER].flatMap((a) => [4, 6].map((f) => ({ from: a[f as 4 | 6], to: SERVER[f as 4 | 6], port: PORT_A }))));
@@ -269,7 +260,7 @@ test('forward: a router filters forwarded connections only with forward on', asy
   lab.runSync(cl, ['ip', '-6', 'route', 'add', 'default', 'via', '2001:db8:3::1']);
   lab.runSync(srv, ['ip', 'route', 'add', 'default', 'via', '198.51.100.1']);
   lab.runSync(srv, ['ip', '-6', 'route', 'add', 'default', 'via', '2001:db8:4::1']);
-  await listen(srv);
+  await listen(lab, srv, [PORT_A, PORT_B]);
   const check = async (what: string, want: string[]) => {
     const probes: Probe[] = [];
     for (const f of [4, 6] as const) for (const from of CL[f]) for (const port of [PORT_A, PORT_B]) probes.push({ from, to: SRV[f], port });

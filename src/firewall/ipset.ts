@@ -1,6 +1,10 @@
-import type { Enforcer, Enforcement, EnforcerHealth, EnforcerOptions, PortScope } from './types.ts';
+import type { Enforcer, Enforcement, EnforcerOptions } from './types.ts';
 import { NftError, runNft, type NftRunnerOptions } from './nft-runner.ts';
-import { canonicalTarget, type Target } from './target.ts';
+import type { Target } from './target.ts';
+import { BackendState, type BackendHealth } from './backend-state.ts';
+import { forEachValid, sameTimeLeft, secondsLeft, validTargets } from './ban-input.ts';
+import { filterScript, jumpCounts, readFilter, restoreFilter, xtablesBins, type Family, type XtablesBins } from './xtables.ts';
+import { addLine, allowEntries, allowLines, CHUNK_LINES, delLine, MAX_TIMEOUT_S, parseSetElements, parseSetHeaders, scopeKeys, SETS, setFor, SPECS, splitElement, type SetInfo, type SetSpec } from './ipset-sets.ts';
 
 /*
  * The ipset backend: bans are set elements, matched by a fixed handful of iptables rules, so 100,000 bans cost one
@@ -37,36 +41,12 @@ import { canonicalTarget, type Target } from './target.ts';
  * known to be alive. Port scopes on the forward path match the port after Docker's DNAT (the container's port).
  */
 
-export const MAX_TIMEOUT_S = 2_147_483;
-/** restore lines per ipset process: 100,000 bans take ~0.5 s in one process; this bounds one run's time and memory. */
-export const CHUNK_LINES = 200_000;
 export const DEFAULT_CHAIN = 'TSFILTER_IPSET';
+export { MAX_TIMEOUT_S, CHUNK_LINES, SETS, parseSetHeaders, parseSetElements, splitElement, scopeKeys, addLine, delLine, allowEntries } from './ipset-sets.ts';
+export type { SetInfo } from './ipset-sets.ts';
+export { parseFilterTable as parseIptablesSave } from './xtables.ts';
 
-type Family = 4 | 6;
 export type DenyType = 'DROP' | 'REJECT';
-
-export const SETS = {
-  4: { ban: 'tsfilter4', ports: 'tsfilter4-ports', allow: 'tsfilter4-allow' },
-  6: { ban: 'tsfilter6', ports: 'tsfilter6-ports', allow: 'tsfilter6-allow' },
-} as const;
-
-interface SetSpec {
-  name: string;
-  type: 'hash:net' | 'hash:net,port';
-  family: 'inet' | 'inet6';
-  timeout: boolean;
-  fam: Family;
-  role: 'ban' | 'ports' | 'allow';
-}
-
-const SPECS: SetSpec[] = ([4, 6] as const).flatMap((fam) => {
-  const family = fam === 4 ? 'inet' : 'inet6';
-  return [
-    { name: SETS[fam].ban, type: 'hash:net', family, timeout: true, fam, role: 'ban' },
-    { name: SETS[fam].ports, type: 'hash:net,port', family, timeout: true, fam, role: 'ports' },
-    { name: SETS[fam].allow, type: 'hash:net', family, timeout: false, fam, role: 'allow' },
-  ] as SetSpec[];
-});
 
 export interface IpsetEnforcerOptions extends EnforcerOptions {
   ipset?: string;
@@ -76,12 +56,9 @@ export interface IpsetEnforcerOptions extends EnforcerOptions {
   maxelem?: number;
 }
 
-export interface IpsetHealth extends EnforcerHealth {
-  ok: boolean;
-  lastError?: string;
+export interface IpsetHealth extends BackendHealth {
   /** Elements in the four ban sets at the last check. */
   elements?: number;
-  lastCheck?: string;
   /** How many times the watcher (or a failed batch) found state missing and recreated it. */
   repairs: number;
   denyType: DenyType;
@@ -100,137 +77,6 @@ export function chainRules(fam: Family, denyType: DenyType): string[] {
     else out.push(`-p tcp -m set --match-set ${set} ${dir} -j REJECT --reject-with tcp-reset`, `-m set --match-set ${set} ${dir} -j REJECT --reject-with ${icmp}`);
   }
   return out;
-}
-
-/** One set's header from `ipset list -t`. */
-export interface SetInfo {
-  name: string;
-  type: string;
-  family: string;
-  timeout: boolean;
-  maxelem: number;
-  entries: number;
-}
-
-export function parseSetHeaders(out: string): Map<string, SetInfo> {
-  const sets = new Map<string, SetInfo>();
-  let cur: SetInfo | null = null;
-  for (const line of out.split('\n')) {
-    const m = /^([A-Za-z ]+):\s*(.*)$/.exec(line.trim());
-    if (!m) continue;
-    const [, key, value] = m as unknown as [string, string, string];
-    if (key === 'Name') {
-      cur = { name: value, type: '', family: '', timeout: false, maxelem: 0, entries: 0 };
-      sets.set(value, cur);
-    } else if (cur && key === 'Type') cur.type = value;
-    else if (cur && key === 'Number of entries') cur.entries = Number(value) || 0;
-    else if (cur && key === 'Header') {
-      const t = value.split(/\s+/);
-      for (let i = 0; i < t.length; i++) {
-        if (t[i] === 'family') cur.family = t[i + 1] ?? '';
-        else if (t[i] === 'maxelem') cur.maxelem = Number(t[i + 1]) || 0;
-        else if (t[i] === 'timeout') cur.timeout = true;
-      }
-    }
-  }
-  return sets;
-}
-
-/** The filter table from iptables-save: chain names and each chain's rules (without "-A CHAIN "). */
-export function parseIptablesSave(out: string): { chains: Set<string>; rules: Map<string, string[]> } {
-  const chains = new Set<string>();
-  const rules = new Map<string, string[]>();
-  let inFilter = false;
-  for (const line of out.split('\n')) {
-    if (line.startsWith('*')) inFilter = line === '*filter';
-    if (!inFilter) continue;
-    const c = /^:(\S+) /.exec(line);
-    if (c) chains.add(c[1]!);
-    const r = /^-A (\S+) (.*)$/.exec(line);
-    if (r) {
-      const list = rules.get(r[1]!) ?? [];
-      list.push(r[2]!.trimEnd());
-      rules.set(r[1]!, list);
-    }
-  }
-  return { chains, rules };
-}
-
-/** Parses `ipset list -o save <set>`: element -> seconds left (null: permanent). */
-export function parseSetElements(out: string): Map<string, number | null> {
-  const els = new Map<string, number | null>();
-  for (const line of out.split('\n')) {
-    const m = /^add \S+ (\S+)(.*)$/.exec(line);
-    if (!m || / nomatch\b/.test(m[2]!)) continue;
-    const t = / timeout (\d+)/.exec(m[2]!);
-    const left = t ? Number(t[1]) : null;
-    els.set(m[1]!, left === 0 ? null : left);
-  }
-  return els;
-}
-
-const PORT_KEY = /^[a-z0-9]{1,10}:[0-9]{1,5}$/;
-
-/** "192.0.2.7" or "192.0.2.7,tcp:22" -> canonical source and scope key ('' for a whole-source element). */
-export function splitElement(el: string, memo?: Map<string, Target | null>): { source: Target; key: string } | null {
-  const comma = el.indexOf(',');
-  const raw = comma < 0 ? el : el.slice(0, comma);
-  let source = memo?.get(raw);
-  if (source === undefined) {
-    source = canonicalTarget(raw);
-    memo?.set(raw, source);
-  }
-  const key = comma < 0 ? '' : el.slice(comma + 1).toLowerCase();
-  if (source === null || (key !== '' && !PORT_KEY.test(key))) return null;
-  return { source, key };
-}
-
-/** The element keys of a scope: [''] (the whole source) or ['tcp:22', 'tcp:2222']. Throws on a malformed scope. */
-export function scopeKeys(scope: PortScope | null | undefined): string[] {
-  if (scope === null || scope === undefined) return [''];
-  if (scope.protocol !== 'tcp' && scope.protocol !== 'udp') throw new TypeError(`port scope protocol must be tcp or udp, got ${JSON.stringify(scope.protocol)}`);
-  if (!Array.isArray(scope.ports) || scope.ports.length === 0) throw new TypeError('port scope without ports');
-  const ports = [...new Set(scope.ports)];
-  for (const p of ports) if (!Number.isInteger(p) || p < 1 || p > 65535) throw new TypeError(`port out of range: ${String(p)}`);
-  return ports.sort((a, b) => a - b).map((p) => `${scope.protocol}:${p}`);
-}
-
-function familyOf(source: string): Family {
-  return source.includes(':') ? 6 : 4;
-}
-
-function setFor(source: string, key: string): string {
-  const s = SETS[familyOf(source)];
-  return key === '' ? s.ban : s.ports;
-}
-
-function elementText(source: string, key: string): string {
-  return key === '' ? source : `${source},${key}`;
-}
-
-export function addLine(source: string, key: string, timeout: number | null): string {
-  return `add ${setFor(source, key)} ${elementText(source, key)} timeout ${timeout ?? 0} -exist`;
-}
-
-export function delLine(source: string, key: string): string {
-  return `del ${setFor(source, key)} ${elementText(source, key)} -exist`;
-}
-
-/** The allow list, validated and deduplicated; a /0 (which hash:net cannot hold) becomes its two /1 halves. */
-export function allowEntries(cidrs: readonly string[]): Target[] {
-  const out = new Map<string, Target>();
-  const bad: string[] = [];
-  for (const c of cidrs) {
-    const t = canonicalTarget(c);
-    if (t === null) {
-      bad.push(c);
-      continue;
-    }
-    const halves = t.prefixLength > 0 ? [t.text] : t.family === 4 ? ['0.0.0.0/1', '128.0.0.0/1'] : ['::/1', '8000::/1'];
-    for (const h of halves) out.set(canonicalTarget(h)!.text, canonicalTarget(h)!);
-  }
-  rejectInvalid(bad, 'allow list');
-  return [...out.values()];
 }
 
 interface Want {
@@ -262,13 +108,14 @@ interface Inspection {
 
 const NO_SET = /set with the given name does not exist/i;
 const ALIVE_SLACK_MS = 1000;
-const RETIME_SLACK_S = 5;
+/** Unlike the iptables backend's restores: `-w` waits for the xtables lock with no bound but runNft's deadline. */
+const RESTORE_FLAGS = ['-w', '--noflush'];
 
 /** ipset enforcement; see the comment at the top of this file. */
 export class IpsetEnforcer implements Enforcer {
   readonly name = 'ipset';
   private readonly ipset: NftRunnerOptions;
-  private readonly ipt: Record<Family, { save: NftRunnerOptions; restore: NftRunnerOptions }>;
+  private readonly ipt: Record<Family, XtablesBins>;
   private readonly chain: string;
   private readonly maxelem: number;
   private readonly denyType: DenyType;
@@ -276,14 +123,10 @@ export class IpsetEnforcer implements Enforcer {
   private readonly checkIntervalMs: number;
   private readonly logger: EnforcerOptions['logger'];
   private readonly now: () => number;
-  private readonly lostCallbacks: (() => void)[] = [];
   private allow: Target[];
   private held = new Map<string, Held>();
-  private queue: Promise<unknown> = Promise.resolve();
-  private timer: NodeJS.Timeout | null = null;
-  private checking = false;
   private warnedMaxelem = new Set<string>();
-  private readonly state: IpsetHealth;
+  private readonly state: BackendState<IpsetHealth>;
 
   constructor(opts: IpsetEnforcerOptions) {
     if (opts.denyType !== 'DROP' && opts.denyType !== 'REJECT') throw new TypeError(`deny_type must be DROP or REJECT, got ${String(opts.denyType)}`);
@@ -293,48 +136,30 @@ export class IpsetEnforcer implements Enforcer {
     }
     this.maxelem = opts.maxelem ?? 1_048_576;
     if (!Number.isInteger(this.maxelem) || this.maxelem < 1 || this.maxelem > 2 ** 31) throw new TypeError(`bad maxelem ${String(opts.maxelem)}`);
-    const runner = (bin: string): NftRunnerOptions => ({ nft: bin, netns: opts.netns, timeoutMs: opts.timeoutMs });
-    this.ipset = runner(opts.ipset ?? 'ipset');
-    const v4 = opts.iptables ?? 'iptables';
-    const v6 = opts.ip6tables ?? 'ip6tables';
-    this.ipt = {
-      4: { save: runner(`${v4}-save`), restore: runner(`${v4}-restore`) },
-      6: { save: runner(`${v6}-save`), restore: runner(`${v6}-restore`) },
-    };
+    this.ipset = { nft: opts.ipset ?? 'ipset', netns: opts.netns, timeoutMs: opts.timeoutMs };
+    this.ipt = xtablesBins(opts);
     this.denyType = opts.denyType;
     this.forward = opts.forward ?? false;
     this.checkIntervalMs = Math.round((opts.checkInterval ?? 5) * 1000);
     this.logger = opts.logger;
     this.now = opts.now ?? Date.now;
     this.allow = allowEntries(opts.allow ?? []);
-    if (opts.onLost) this.lostCallbacks.push(opts.onLost);
-    this.state = { ok: false, repairs: 0, denyType: this.denyType, lastError: 'not started' };
+    this.state = new BackendState('ipset', opts.logger, { ok: false, repairs: 0, denyType: this.denyType, lastError: 'not started' }, { onLost: opts.onLost });
   }
 
   /** Creates what is missing (existing elements are kept: bans hold across a restart), then starts the watcher. */
   async start(): Promise<void> {
-    try {
-      await this.serial(async () => {
-        await this.loadHeld();
-        const i = await this.inspect();
-        await this.ensure(i, true);
-      });
-    } catch (err) {
-      this.markFailed(err);
-      throw err;
-    }
-    this.markOk();
-    if (this.timer === null && this.checkIntervalMs > 0) {
-      this.timer = setInterval(() => void this.check(), this.checkIntervalMs);
-      this.timer.unref();
-    }
+    await this.state.batch(async () => {
+      await this.loadHeld();
+      const i = await this.inspect();
+      await this.ensure(i, true);
+    });
+    this.state.started(this.checkIntervalMs, () => this.check());
   }
 
   /** Stops the watcher; sets, chain and elements stay. */
-  async stop(): Promise<void> {
-    if (this.timer !== null) clearInterval(this.timer);
-    this.timer = null;
-    await this.queue.catch(() => {});
+  stop(): Promise<void> {
+    return this.state.stop();
   }
 
   /** Adds or re-times each ban's elements and removes the source's elements of another scope. */
@@ -354,14 +179,8 @@ export class IpsetEnforcer implements Enforcer {
   /** Deletes every element of these sources from the ban and ports sets; absent ones are no error. */
   async unban(ips: string[]): Promise<void> {
     const sources = new Set<string>();
-    const bad: string[] = [];
-    for (const ip of ips) {
-      const t = canonicalTarget(ip);
-      if (t === null) bad.push(ip);
-      // A /0 can never be in a hash:net set.
-      else if (t.prefixLength > 0) sources.add(t.text);
-    }
-    rejectInvalid(bad, 'unban');
+    // A /0 can never be in a hash:net set.
+    for (const t of validTargets(ips, 'ipset', 'unban')) if (t.prefixLength > 0) sources.add(t.text);
     await this.apply(async () => {
       // Elements added behind our back: one listing finds their port elements.
       if ([...sources].some((s) => !this.held.has(s))) await this.loadHeld();
@@ -399,7 +218,7 @@ export class IpsetEnforcer implements Enforcer {
         for (const k of w.keys) {
           const left = have?.get(k);
           if (left === undefined) counts.added++;
-          else if (left === null ? w.timeout === null : w.timeout !== null && Math.abs(left - w.timeout) <= RETIME_SLACK_S) {
+          else if (sameTimeLeft(left, w.timeout)) {
             counts.unchanged++;
             continue;
           } else counts.retimed++;
@@ -414,7 +233,7 @@ export class IpsetEnforcer implements Enforcer {
 
   /** Canonical sources in the ban and ports sets (a /32 or /128 entry is a plain address). */
   async elements(): Promise<string[]> {
-    await this.serial(() => this.loadHeld());
+    await this.state.serial(() => this.loadHeld());
     return [...this.held.keys()];
   }
 
@@ -426,34 +245,24 @@ export class IpsetEnforcer implements Enforcer {
   }
 
   onLost(cb: () => void): void {
-    this.lostCallbacks.push(cb);
+    this.state.onLost(cb);
   }
 
   health(): IpsetHealth {
-    return { ...this.state };
+    return { ...this.state.health };
   }
 
   /** One watcher round, also callable directly: repairs what vanished and fires onLost. Resolves true when intact. */
   async check(): Promise<boolean> {
-    if (this.checking) return this.state.ok;
-    this.checking = true;
-    try {
-      const repaired = await this.serial(async () => {
+    return this.state.check(() =>
+      this.state.serial(async () => {
         const i = await this.inspect();
         if (i.problems.length === 0) return false;
         this.logger.warn('ipset enforcement damaged behind our back; recreating it', { problems: i.problems.join('; ') });
         await this.ensure(i, false);
         return true;
-      });
-      if (repaired) this.lost();
-      this.markOk();
-      return true;
-    } catch (err) {
-      this.markFailed(err);
-      return false;
-    } finally {
-      this.checking = false;
-    }
+      }),
+    );
   }
 
   /**
@@ -461,49 +270,30 @@ export class IpsetEnforcer implements Enforcer {
    * yet noticed by the watcher), everything is repaired, the lines rebuilt and run again, and onLost fired.
    */
   private async apply(build: () => string[] | Promise<string[]>): Promise<void> {
-    let repaired = false;
-    try {
-      await this.serial(async () => {
-        const lines = await build();
-        if (lines.length === 0) return;
-        try {
-          await this.restore(lines);
-        } catch (err) {
-          if (!(err instanceof NftError && NO_SET.test(err.stderr))) {
-            // Lines before the failing one were applied: re-read what the sets hold.
-            await this.loadHeld().catch(() => {});
-            throw err;
-          }
-          const i = await this.inspect();
-          if (i.missingSets.length === 0 && i.badSets.length === 0) throw err;
-          this.logger.warn('ipset enforcement damaged behind our back; recreating it', { problems: i.problems.join('; ') });
-          await this.ensure(i, false);
-          repaired = true;
-          await this.restore(await build());
+    await this.state.batch(async (repaired) => {
+      const lines = await build();
+      if (lines.length === 0) return;
+      try {
+        await this.restore(lines);
+      } catch (err) {
+        if (!(err instanceof NftError && NO_SET.test(err.stderr))) {
+          // Lines before the failing one were applied: re-read what the sets hold.
+          await this.loadHeld().catch(() => {});
+          throw err;
         }
-      });
-    } catch (err) {
-      this.markFailed(err);
-      throw err;
-    } finally {
-      if (repaired) this.lost();
-    }
+        const i = await this.inspect();
+        if (i.missingSets.length === 0 && i.badSets.length === 0) throw err;
+        this.logger.warn('ipset enforcement damaged behind our back; recreating it', { problems: i.problems.join('; ') });
+        await this.ensure(i, false);
+        repaired();
+        await this.restore(await build());
+      }
+    });
   }
 
   /** `ipset restore`, one process per CHUNK_LINES lines. */
   private async restore(lines: string[]): Promise<void> {
     for (let i = 0; i < lines.length; i += CHUNK_LINES) await runNft(this.ipset, ['restore'], lines.slice(i, i + CHUNK_LINES).join('\n') + '\n');
-  }
-
-  private lost(): void {
-    this.state.repairs++;
-    for (const cb of this.lostCallbacks) {
-      try {
-        cb();
-      } catch (err) {
-        this.logger.error('onLost callback failed', { error: err instanceof Error ? err.message : String(err) });
-      }
-    }
   }
 
   private async inspect(): Promise<Inspection> {
@@ -542,7 +332,7 @@ export class IpsetEnforcer implements Enforcer {
         i.problems.push(`set ${spec.name} has ${s.entries} entries, ${want} bans are active`);
       }
     }
-    this.state.elements = elements;
+    this.state.health.elements = elements;
     for (const fam of [4, 6] as const) {
       const r = await this.inspectIptables(fam);
       i.iptables[fam] = r.script;
@@ -567,28 +357,23 @@ export class IpsetEnforcer implements Enforcer {
 
   /** The restore script that fixes this family's chain and jumps (null: intact), with what is wrong. */
   private async inspectIptables(fam: Family): Promise<{ script: string | null; problems: string[] }> {
-    const { chains, rules } = parseIptablesSave(await runNft(this.ipt[fam].save, ['-t', 'filter']));
+    const table = await readFilter(this.ipt[fam]);
     const problems: string[] = [];
     const v = `IPv${fam}`;
     const want = chainRules(fam, this.denyType);
-    const have = rules.get(this.chain) ?? [];
-    if (!chains.has(this.chain)) problems.push(`${v} chain ${this.chain} is missing`);
+    const have = table.rules.get(this.chain) ?? [];
+    if (!table.chains.has(this.chain)) problems.push(`${v} chain ${this.chain} is missing`);
     else if (have.length !== want.length || have.some((r, k) => r !== want[k])) problems.push(`${v} chain ${this.chain} has ${have.length} rules, not the expected ${want.length}`);
-    const jump = `-j ${this.chain}`;
-    const from = new Set(['INPUT']);
-    if (this.forward) from.add(chains.has('DOCKER-USER') ? 'DOCKER-USER' : 'FORWARD');
     const jumpLines: string[] = [];
-    for (const c of ['INPUT', 'FORWARD', 'DOCKER-USER']) {
-      const n = (rules.get(c) ?? []).filter((r) => r === jump).length;
-      const wanted = from.has(c) ? 1 : 0;
-      if (n === wanted) continue;
-      problems.push(`${v} ${c} has ${n} jumps to ${this.chain}, expected ${wanted}`);
-      for (let k = 0; k < n; k++) jumpLines.push(`-D ${c} ${jump}`);
-      if (wanted) jumpLines.push(`-I ${c} 1 ${jump}`);
+    for (const j of jumpCounts(table, this.chain, this.forward)) {
+      if (j.have === j.want) continue;
+      problems.push(`${v} ${j.from} has ${j.have} jumps to ${this.chain}, expected ${j.want}`);
+      for (let k = 0; k < j.have; k++) jumpLines.push(`-D ${j.from} -j ${this.chain}`);
+      if (j.want) jumpLines.push(`-I ${j.from} 1 -j ${this.chain}`);
     }
     if (problems.length === 0) return { script: null, problems };
-    const lines = ['*filter', `:${this.chain} - [0:0]`, ...want.map((r) => `-A ${this.chain} ${r}`), ...jumpLines, 'COMMIT'];
-    return { script: lines.join('\n') + '\n', problems };
+    // `:CHAIN - [0:0]` flushes the chain even with --noflush: it is rewritten whole.
+    return { script: filterScript([`:${this.chain} - [0:0]`, ...want.map((r) => `-A ${this.chain} ${r}`), ...jumpLines]), problems };
   }
 
   /**
@@ -601,7 +386,7 @@ export class IpsetEnforcer implements Enforcer {
     if (i.badSets.length > 0) {
       this.logger.warn('ipset sets exist with another type or family: recreating them (their elements are lost)', { sets: i.badSets.map((s) => s.name).join(',') });
       for (const fam of new Set(i.badSets.map((s) => s.fam))) {
-        await runNft(this.ipt[fam].restore, ['-w', '--noflush'], `*filter\n:${this.chain} - [0:0]\nCOMMIT\n`).catch(() => {});
+        await restoreFilter(this.ipt[fam], filterScript([`:${this.chain} - [0:0]`]), RESTORE_FLAGS).catch(() => {});
         iptFix[fam] = null;
       }
       for (const s of i.badSets) {
@@ -624,7 +409,7 @@ export class IpsetEnforcer implements Enforcer {
       const setsRecreated = i.badSets.some((s) => s.fam === fam);
       let script = iptFix[fam];
       if (setsRecreated) script = (await this.inspectIptables(fam)).script;
-      if (script !== null) await runNft(this.ipt[fam].restore, ['-w', '--noflush'], script);
+      if (script !== null) await restoreFilter(this.ipt[fam], script, RESTORE_FLAGS);
     }
     const lostElements = i.shortSets.length > 0 || [...i.missingSets, ...i.badSets].some((s) => s.role !== 'allow');
     if (lostElements) await this.loadHeld();
@@ -673,57 +458,15 @@ export class IpsetEnforcer implements Enforcer {
   private plan(bans: Enforcement[]): Want[] {
     const now = this.now();
     const bySource = new Map<string, Want>();
-    const bad: string[] = [];
-    for (const b of bans) {
-      const t = canonicalTarget(b.ip);
-      if (t === null) {
-        bad.push(String(b.ip));
-        continue;
-      }
+    forEachValid(bans, (b) => b.ip, 'ipset', (t, b) => {
       if (t.prefixLength === 0) throw new TypeError(`cannot ban ${t.text}: an ipset hash:net set cannot hold a /0 prefix (ban ${t.family === 4 ? '0.0.0.0/1 and 128.0.0.0/1' : '::/1 and 8000::/1'} if you really mean everything)`);
-      let timeout: number | null = null;
-      if (b.expiresAt !== null) {
-        const ms = b.expiresAt - now;
-        if (!(ms > 0)) continue;
-        timeout = Math.ceil(ms / 1000);
-        if (timeout > MAX_TIMEOUT_S) timeout = null;
-      }
+      const timeout = secondsLeft(b.expiresAt, now, MAX_TIMEOUT_S);
+      if (timeout === undefined) return;
       const prev = bySource.get(t.text);
       // The same source twice in one batch: the longer ban wins.
-      if (prev && (prev.expiresAt === null || (b.expiresAt !== null && prev.expiresAt > b.expiresAt))) continue;
+      if (prev && (prev.expiresAt === null || (b.expiresAt !== null && prev.expiresAt > b.expiresAt))) return;
       bySource.set(t.text, { source: t.text, keys: scopeKeys(b.scope), timeout, expiresAt: b.expiresAt });
-    }
-    rejectInvalid(bad, 'ban');
+    }, 'ban');
     return [...bySource.values()];
   }
-
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const p = this.queue.then(fn, fn);
-    this.queue = p.catch(() => {});
-    return p;
-  }
-
-  private markOk(): void {
-    if (!this.state.ok && this.state.lastError !== 'not started') this.logger.info('ipset enforcement healthy again');
-    this.state.ok = true;
-    delete this.state.lastError;
-    this.state.lastCheck = new Date().toISOString();
-  }
-
-  private markFailed(err: unknown): void {
-    const msg = err instanceof Error ? err.message : String(err);
-    if (this.state.ok || this.state.lastError !== msg) this.logger.error('ipset enforcement failing', { error: msg });
-    this.state.ok = false;
-    this.state.lastError = msg;
-  }
-}
-
-function allowLines(entries: Target[]): string[] {
-  return [`flush ${SETS[4].allow}`, `flush ${SETS[6].allow}`, ...entries.map((t) => `add ${SETS[t.family].allow} ${t.text} -exist`)];
-}
-
-function rejectInvalid(bad: string[], what: string): void {
-  if (bad.length === 0) return;
-  const shown = bad.slice(0, 3).map((b) => JSON.stringify(String(b).slice(0, 60)));
-  throw new TypeError(`${what}: not an IP address or prefix, refused before running ipset: ${shown.join(', ')}${bad.length > 3 ? ` and ${bad.length - 3} more` : ''}`);
 }

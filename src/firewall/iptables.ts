@@ -1,6 +1,8 @@
-import type { Enforcer, Enforcement, EnforcerHealth, EnforcerOptions, FirewallLogger, PortScope } from './types.ts';
+import type { Enforcer, Enforcement, EnforcerOptions, PortScope } from './types.ts';
 import { canonicalTarget, type Target } from './target.ts';
-import { runNft, type NftRunnerOptions } from './nft-runner.ts';
+import { BackendState, errorText, type BackendHealth } from './backend-state.ts';
+import { forEachValid, validTargets } from './ban-input.ts';
+import { detectVariant, filterScript, jumpCounts, parseFilterTable, readFilter, restoreFilter, saveFilter, xtablesBins, type Family, type FilterTable, type Variant, type XtablesBins } from './xtables.ts';
 
 /*
  * The iptables backend. Per family (iptables for IPv4, ip6tables for IPv6), table filter only:
@@ -42,8 +44,7 @@ export const CHUNK = 100_000;
 const MULTIPORT_MAX = 15;
 const BUILTIN = new Set(['INPUT', 'OUTPUT', 'FORWARD', 'PREROUTING', 'POSTROUTING', 'ACCEPT', 'DROP', 'REJECT', 'RETURN', 'QUEUE', 'LOG', 'DOCKER-USER']);
 
-export type Variant = 'nf_tables' | 'legacy';
-type Family = 4 | 6;
+export type { Variant } from './xtables.ts';
 
 export interface IptablesEnforcerOptions extends EnforcerOptions {
   /** The iptables binary; `<iptables>-restore` and `<iptables>-save` are derived by suffix. Default "iptables". */
@@ -53,14 +54,11 @@ export interface IptablesEnforcerOptions extends EnforcerOptions {
   chain?: string;
 }
 
-export interface IptablesHealth extends EnforcerHealth {
-  ok: boolean;
+export interface IptablesHealth extends BackendHealth {
   /** Rules in our chains (both families): allow rules, ban rules and any foreign rule found there. */
   rules: number;
-  lastError?: string;
   /** How many times the watcher (or a failed batch) found the chain, a jump or rules missing and recreated them. */
   repairs: number;
-  lastCheck?: string;
   variant?: Variant;
 }
 
@@ -97,14 +95,9 @@ export function preferRebuild(variant: Variant, rules: number, deletes: number):
   return rules > 20_000 || deletes > 25;
 }
 
-/** What `iptables-save -t filter` says about our chain and its jumps. */
+/** What `iptables-save -t filter` says about our chain (its jumps: xtables.ts's jumpCounts()). */
 export interface ChainState {
   exists: boolean;
-  /** 1-based position of `-j <chain>` in INPUT, 0 when absent. */
-  inputJump: number;
-  forwardJump: boolean;
-  dockerUser: boolean;
-  dockerJump: boolean;
   /** Every rule of the chain, in order (specs after `-A <chain> `). */
   rules: string[];
   allow: string[];
@@ -117,45 +110,30 @@ export interface ChainState {
 const BAN_RULE = new RegExp(`^-s (\\S+) (.*-m comment --comment ${BAN_COMMENT} -j (?:DROP|REJECT)(?: --reject-with [a-z0-9-]+)?)$`);
 const ALLOW_RULE = new RegExp(`^-s (\\S+) -m comment --comment ${ALLOW_COMMENT} -j RETURN$`);
 
-export function parseSave(text: string, chain: string): ChainState {
-  const st: ChainState = { exists: false, inputJump: 0, forwardJump: false, dockerUser: false, dockerJump: false, rules: [], allow: [], bans: new Map(), foreign: [] };
-  const jump = `-j ${chain}`;
-  let table = '';
-  let inputRules = 0;
-  for (const raw of text.split('\n')) {
-    const line = raw.trimEnd();
-    if (line.startsWith('*')) table = line.slice(1);
-    if (table !== 'filter') continue;
-    if (line.startsWith(`:${chain} `)) st.exists = true;
-    else if (line.startsWith(':DOCKER-USER ')) st.dockerUser = true;
-    else if (line.startsWith('-A INPUT ')) {
-      inputRules++;
-      if (line.slice(9) === jump && st.inputJump === 0) st.inputJump = inputRules;
-    } else if (line === `-A FORWARD ${jump}`) st.forwardJump = true;
-    else if (line === `-A DOCKER-USER ${jump}`) st.dockerJump = true;
-    else if (line.startsWith(`-A ${chain} `)) {
-      const spec = line.slice(chain.length + 4);
-      st.rules.push(spec);
-      const a = ALLOW_RULE.exec(spec);
-      const b = a ? null : BAN_RULE.exec(spec);
-      const t = a ? canonicalTarget(a[1]) : b ? canonicalTarget(b[1]) : null;
-      if (a && t) st.allow.push(allowSpec(t));
-      else if (b && t) {
-        // Normalised so that the same rule always compares equal to banSpecs() output.
-        const list = st.bans.get(t.text) ?? [];
-        list.push(`-s ${t.address}/${t.prefixLength} ${b[2]}`);
-        st.bans.set(t.text, list);
-      } else st.foreign.push(spec);
-    }
+export function chainState(table: FilterTable, chain: string): ChainState {
+  const st: ChainState = { exists: table.chains.has(chain), rules: table.rules.get(chain) ?? [], allow: [], bans: new Map(), foreign: [] };
+  for (const spec of st.rules) {
+    const a = ALLOW_RULE.exec(spec);
+    const b = a ? null : BAN_RULE.exec(spec);
+    const t = a ? canonicalTarget(a[1]) : b ? canonicalTarget(b[1]) : null;
+    if (a && t) st.allow.push(allowSpec(t));
+    else if (b && t) {
+      // Normalised so that the same rule always compares equal to banSpecs() output.
+      const list = st.bans.get(t.text) ?? [];
+      list.push(`-s ${t.address}/${t.prefixLength} ${b[2]}`);
+      st.bans.set(t.text, list);
+    } else st.foreign.push(spec);
   }
   return st;
 }
 
+export function parseSave(text: string, chain: string): ChainState {
+  return chainState(parseFilterTable(text), chain);
+}
+
 interface FamilyState {
   family: Family;
-  runner: NftRunnerOptions;
-  restore: string;
-  save: string;
+  bins: XtablesBins;
   variant: Variant;
   /** Installed ban rules: canonical source -> specs. */
   bans: Map<string, string[]>;
@@ -180,16 +158,10 @@ export class IptablesEnforcer implements Enforcer {
   private readonly denyType: 'DROP' | 'REJECT';
   private readonly forward: boolean;
   private readonly intervalMs: number;
-  private readonly logger: FirewallLogger;
   private readonly now: () => number;
-  private readonly lostCallbacks: (() => void)[] = [];
   private readonly fams: Record<Family, FamilyState>;
-  private queue: Promise<unknown> = Promise.resolve();
-  private timer: NodeJS.Timeout | null = null;
-  private running = false;
   private started = false;
-  private checking = false;
-  private readonly state: IptablesHealth;
+  private readonly state: BackendState<IptablesHealth>;
 
   constructor(opts: IptablesEnforcerOptions) {
     if (opts.denyType !== 'DROP' && opts.denyType !== 'REJECT') throw new TypeError(`deny_type must be DROP or REJECT, got ${String(opts.denyType)}`);
@@ -198,52 +170,32 @@ export class IptablesEnforcer implements Enforcer {
     this.denyType = opts.denyType;
     this.forward = opts.forward === true;
     this.intervalMs = Math.round((opts.checkInterval ?? 0) * 1000);
-    this.logger = opts.logger;
     this.now = opts.now ?? Date.now;
-    if (opts.onLost) this.lostCallbacks.push(opts.onLost);
     const allow = allowSpecs(opts.allow ?? []);
-    const fam = (family: Family, bin: string): FamilyState => ({
-      family,
-      runner: { nft: bin, netns: opts.netns, timeoutMs: opts.timeoutMs },
-      restore: `${bin}-restore`,
-      save: `${bin}-save`,
-      variant: 'nf_tables',
-      bans: new Map(),
-      foreign: [],
-      allow: allow[family],
-      installedAllow: [],
-    });
-    this.fams = { 4: fam(4, opts.iptables ?? 'iptables'), 6: fam(6, opts.ip6tables ?? 'ip6tables') };
-    this.state = { ok: false, rules: 0, repairs: 0, lastError: 'not started' };
+    const bins = xtablesBins(opts);
+    const fam = (family: Family): FamilyState => ({ family, bins: bins[family], variant: 'nf_tables', bans: new Map(), foreign: [], allow: allow[family], installedAllow: [] });
+    this.fams = { 4: fam(4), 6: fam(6) };
+    // ensure() counts a repair per family it fixed, not one per onLost.
+    this.state = new BackendState('iptables', opts.logger, { ok: false, rules: 0, repairs: 0, lastError: 'not started' }, { onLost: opts.onLost, countRepairs: false });
   }
 
   /** Creates the chain, its jumps and allow rules where missing; ban rules already there are kept and adopted. */
   async start(): Promise<void> {
-    try {
-      await this.serial(async () => {
-        for (const f of this.families()) {
-          const v = await runNft(f.runner, ['-V']);
-          f.variant = /legacy/.test(v) ? 'legacy' : 'nf_tables';
-          await this.ensure(f);
-        }
-      });
-    } catch (err) {
-      this.markFailed(err);
-      throw err;
-    }
-    this.state.variant = this.fams[4].variant;
+    await this.state.batch(async () => {
+      for (const f of this.families()) {
+        f.variant = await detectVariant(f.bins);
+        await this.ensure(f);
+      }
+    });
+    this.state.health.variant = this.fams[4].variant;
     this.started = true;
-    this.markOk();
-    this.running = true;
-    this.schedule(this.intervalMs);
+    // Spaced to at least 10x the last check's duration: iptables-save of a big chain is slow.
+    this.state.started(this.intervalMs, () => this.check(), 10);
   }
 
   /** Stops the watcher; the chain and its rules stay, so bans hold while the daemon is down. */
-  async stop(): Promise<void> {
-    this.running = false;
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
-    await this.queue.catch(() => {});
+  stop(): Promise<void> {
+    return this.state.stop();
   }
 
   /** Adds a rule per new source, replaces the rules of a source banned with another scope. Throws on a bad source. */
@@ -258,14 +210,7 @@ export class IptablesEnforcer implements Enforcer {
 
   /** Removes every rule of these sources; an absent source is skipped (its -D would fail the whole restore). */
   async unban(ips: string[]): Promise<void> {
-    const gone = new Set<string>();
-    const bad: string[] = [];
-    for (const ip of ips) {
-      const t = canonicalTarget(ip);
-      if (t === null) bad.push(ip);
-      else gone.add(t.text);
-    }
-    rejectInvalid(bad);
+    const gone = new Set(validTargets(ips, 'iptables').map((t) => t.text));
     await this.withFamilies((f) => {
       const victims = [...gone].filter((s) => f.bans.has(s));
       const specs = victims.flatMap((s) => f.bans.get(s)!);
@@ -276,7 +221,7 @@ export class IptablesEnforcer implements Enforcer {
         return [{ script: this.rebuildScript(f, keep), commit }];
       }
       // preferRebuild() caps -D batches at a few hundred lines: no chunking needed.
-      return [{ script: wrap(specs.map((s) => `-D ${this.chain} ${s}`)), commit }];
+      return [{ script: filterScript(specs.map((s) => `-D ${this.chain} ${s}`)), commit }];
     });
   }
 
@@ -294,10 +239,10 @@ export class IptablesEnforcer implements Enforcer {
 
   /** Sources with ban rules in our chains (both families), read from iptables-save. */
   async elements(): Promise<string[]> {
-    return this.serial(async () => {
+    return this.state.serial(async () => {
       const out: string[] = [];
       for (const f of this.families()) {
-        const st = parseSave(await runNft({ ...f.runner, nft: f.save }, ['-t', 'filter']), this.chain);
+        const st = parseSave(await saveFilter(f.bins), this.chain);
         for (const [s, specs] of st.bans) if (!f.bans.has(s)) f.bans.set(s, specs);
         out.push(...st.bans.keys());
       }
@@ -306,13 +251,13 @@ export class IptablesEnforcer implements Enforcer {
   }
 
   onLost(cb: () => void): void {
-    this.lostCallbacks.push(cb);
+    this.state.onLost(cb);
   }
 
   health(): IptablesHealth {
     let rules = 0;
     for (const f of this.families()) rules += this.ruleCount(f);
-    return { ...this.state, rules };
+    return { ...this.state.health, rules };
   }
 
   /**
@@ -321,22 +266,13 @@ export class IptablesEnforcer implements Enforcer {
    * after repair); fires onLost when something had vanished.
    */
   async check(): Promise<boolean> {
-    if (this.checking) return this.state.ok;
-    this.checking = true;
-    try {
-      let lost = false;
-      await this.serial(async () => {
+    return this.state.check(() =>
+      this.state.serial(async () => {
+        let lost = false;
         for (const f of this.families()) if (await this.ensure(f)) lost = true;
-      });
-      if (lost) this.lost();
-      this.markOk();
-      return true;
-    } catch (err) {
-      this.markFailed(err);
-      return false;
-    } finally {
-      this.checking = false;
-    }
+        return lost;
+      }),
+    );
   }
 
   private async applyBans(bans: Enforcement[]): Promise<{ added: number; replaced: number; unchanged: number }> {
@@ -372,7 +308,7 @@ export class IptablesEnforcer implements Enforcer {
       let batch: [string, string[]][] = [];
       const flush = () => {
         const done = batch;
-        steps.push({ script: wrap(lines), commit: () => done.forEach(([s, specs]) => f.bans.set(s, specs)) });
+        steps.push({ script: filterScript(lines), commit: () => done.forEach(([s, specs]) => f.bans.set(s, specs)) });
         lines = [];
         batch = [];
       };
@@ -393,17 +329,9 @@ export class IptablesEnforcer implements Enforcer {
   private wanted(bans: Enforcement[]): Map<string, { family: Family; specs: string[] }> {
     const now = this.now();
     const out = new Map<string, { family: Family; specs: string[] }>();
-    const bad: string[] = [];
-    for (const b of bans) {
-      const t = canonicalTarget(b.ip);
-      if (t === null) {
-        bad.push(b.ip);
-        continue;
-      }
-      if (b.expiresAt !== null && !(b.expiresAt > now)) continue;
-      out.set(t.text, { family: t.family, specs: banSpecs(t, this.denyType, b.scope) });
-    }
-    rejectInvalid(bad);
+    forEachValid(bans, (b) => b.ip, 'iptables', (t, b) => {
+      if (b.expiresAt === null || b.expiresAt > now) out.set(t.text, { family: t.family, specs: banSpecs(t, this.denyType, b.scope) });
+    });
     return out;
   }
 
@@ -414,32 +342,24 @@ export class IptablesEnforcer implements Enforcer {
    * the retry fails too.
    */
   private async withFamilies(plan: (f: FamilyState) => Step[]): Promise<void> {
-    let lost = false;
-    try {
-      await this.serial(async () => {
-        for (const f of this.families()) {
-          try {
-            for (const step of plan(f)) {
-              await this.restore(f, step.script);
-              step.commit();
-            }
-          } catch (err) {
-            this.logger.warn('iptables batch failed; re-reading the chain and retrying once', { family: f.family, error: errorText(err) });
-            if (await this.ensure(f)) lost = true;
-            for (const step of plan(f)) {
-              await this.restore(f, step.script);
-              step.commit();
-            }
+    await this.state.batch(async (repaired) => {
+      for (const f of this.families()) {
+        try {
+          for (const step of plan(f)) {
+            await restoreFilter(f.bins, step.script);
+            step.commit();
+          }
+        } catch (err) {
+          this.state.logger.warn('iptables batch failed; re-reading the chain and retrying once', { family: f.family, error: errorText(err) });
+          if (await this.ensure(f)) repaired();
+          for (const step of plan(f)) {
+            await restoreFilter(f.bins, step.script);
+            step.commit();
           }
         }
-      });
-      if (!this.state.ok && this.started) this.markOk();
-    } catch (err) {
-      this.markFailed(err);
-      throw err;
-    } finally {
-      if (lost) this.lost();
-    }
+      }
+      if (!this.state.health.ok && this.started) this.state.markOk();
+    });
   }
 
   /**
@@ -447,26 +367,22 @@ export class IptablesEnforcer implements Enforcer {
    * had installed (chain, jump, allow or ban rules) had vanished.
    */
   private async ensure(f: FamilyState): Promise<boolean> {
-    const st = parseSave(await runNft({ ...f.runner, nft: f.save }, ['-t', 'filter']), this.chain);
+    const table = await readFilter(f.bins);
+    const st = chainState(table, this.chain);
     const problems: string[] = [];
     const lines: string[] = [];
     if (!st.exists) {
       problems.push(`chain ${this.chain} is missing`);
       lines.push(`:${this.chain} - [0:0]`);
     }
-    if (st.inputJump === 0) {
-      problems.push('the INPUT jump is missing');
-      lines.push(`-I INPUT 1 -j ${this.chain}`);
-    }
-    const fromDocker = this.forward && st.dockerUser;
-    if (this.forward && (fromDocker ? !st.dockerJump : !st.forwardJump)) {
-      problems.push(`the ${fromDocker ? 'DOCKER-USER' : 'FORWARD'} jump is missing`);
-      lines.push(`-I ${fromDocker ? 'DOCKER-USER' : 'FORWARD'} 1 -j ${this.chain}`);
-    }
     // A jump left by an earlier configuration (forward off, or Docker started since) is removed, not a loss.
     const stale: string[] = [];
-    if (st.forwardJump && !(this.forward && !fromDocker)) stale.push(`-D FORWARD -j ${this.chain}`);
-    if (st.dockerJump && !fromDocker) stale.push(`-D DOCKER-USER -j ${this.chain}`);
+    for (const j of jumpCounts(table, this.chain, this.forward)) {
+      if (j.want === 1 && j.have === 0) {
+        problems.push(`the ${j.from} jump is missing`);
+        lines.push(`-I ${j.from} 1 -j ${this.chain}`);
+      } else if (j.want === 0 && j.have > 0) stale.push(`-D ${j.from} -j ${this.chain}`);
+    }
     const missing = [...f.bans].filter(([s, specs]) => !sameList(specs, st.bans.get(s)));
     if (missing.length > 0) problems.push(`${missing.length} ban source(s) lost their rules`);
     const allowOk = sameList(f.allow, st.rules.slice(0, f.allow.length)) && st.allow.length === f.allow.length;
@@ -481,7 +397,7 @@ export class IptablesEnforcer implements Enforcer {
       for (const [, specs] of missing) for (const s of specs) lines.push(`-A ${this.chain} ${s}`);
     }
     lines.push(...stale);
-    if (lines.length > 0) await this.restore(f, wrap(lines));
+    if (lines.length > 0) await restoreFilter(f.bins, filterScript(lines));
     f.bans = merged;
     f.foreign = st.foreign;
     f.installedAllow = f.allow;
@@ -489,14 +405,14 @@ export class IptablesEnforcer implements Enforcer {
     // Before start() completed nothing was installed by us: creating the chain is not a loss.
     const hadState = this.started;
     if (hadState) {
-      this.state.repairs++;
-      this.logger.warn('iptables state damaged behind our back; recreated it', { family: f.family, problems: problems.join('; ') });
+      this.state.health.repairs++;
+      this.state.logger.warn('iptables state damaged behind our back; recreated it', { family: f.family, problems: problems.join('; ') });
     }
     return hadState;
   }
 
   private rebuildScript(f: FamilyState, bans: Map<string, string[]>, allow = f.allow): string {
-    return wrap(this.rebuildLines(f, bans, allow, true));
+    return filterScript(this.rebuildLines(f, bans, allow, true));
   }
 
   /** Flush (when the chain exists) and re-add, in one restore: atomic, so no packet sees a half-built chain. */
@@ -508,11 +424,6 @@ export class IptablesEnforcer implements Enforcer {
     return lines;
   }
 
-  private restore(f: FamilyState, script: string): Promise<string> {
-    // --wait: with legacy iptables, another tool (Docker, a package script) may hold the xtables lock for a moment.
-    return runNft({ ...f.runner, nft: f.restore }, ['--noflush', '--wait', '10'], script);
-  }
-
   private ruleCount(f: FamilyState): number {
     let n = f.installedAllow.length + f.foreign.length;
     for (const specs of f.bans.values()) n += specs.length;
@@ -522,75 +433,15 @@ export class IptablesEnforcer implements Enforcer {
   private families(): FamilyState[] {
     return [this.fams[4], this.fams[6]];
   }
-
-  /** Next watcher round; spaced to at least 10x the last check's duration (iptables-save of a big chain is slow). */
-  private schedule(delayMs: number): void {
-    if (!this.running || this.intervalMs <= 0) return;
-    this.timer = setTimeout(async () => {
-      const t0 = Date.now();
-      await this.check();
-      this.schedule(Math.max(this.intervalMs, 10 * (Date.now() - t0)));
-    }, delayMs);
-    this.timer.unref();
-  }
-
-  private lost(): void {
-    for (const cb of this.lostCallbacks) {
-      try {
-        cb();
-      } catch (err) {
-        this.logger.error('onLost callback failed', { error: err });
-      }
-    }
-  }
-
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const p = this.queue.then(fn, fn);
-    this.queue = p.catch(() => {});
-    return p;
-  }
-
-  private markOk(): void {
-    if (!this.state.ok && this.state.lastError !== 'not started') this.logger.info('iptables enforcement healthy again');
-    this.state.ok = true;
-    delete this.state.lastError;
-    this.state.lastCheck = new Date().toISOString();
-  }
-
-  private markFailed(err: unknown): void {
-    const msg = errorText(err);
-    if (this.state.ok || this.state.lastError !== msg) this.logger.error('iptables enforcement failing', { error: msg });
-    this.state.ok = false;
-    this.state.lastError = msg;
-  }
 }
 
 function allowSpecs(cidrs: string[]): Record<Family, string[]> {
   const out: Record<Family, string[]> = { 4: [], 6: [] };
   const seen = new Set<string>();
-  const bad: string[] = [];
-  for (const c of cidrs) {
-    const t = canonicalTarget(c);
-    if (t === null) bad.push(c);
-    else if (!seen.has(t.text)) {
-      seen.add(t.text);
-      out[t.family].push(allowSpec(t));
-    }
+  for (const t of validTargets(cidrs, 'iptables')) {
+    if (seen.has(t.text)) continue;
+    seen.add(t.text);
+    out[t.family].push(allowSpec(t));
   }
-  rejectInvalid(bad);
   return out;
-}
-
-function wrap(lines: string[]): string {
-  return `*filter\n${lines.join('\n')}\nCOMMIT\n`;
-}
-
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
-function rejectInvalid(bad: string[]): void {
-  if (bad.length === 0) return;
-  const shown = bad.slice(0, 3).map((b) => JSON.stringify(String(b).slice(0, 60)));
-  throw new TypeError(`not an IP address or prefix, refused before running iptables: ${shown.join(', ')}${bad.length > 3 ? ` and ${bad.length - 3} more` : ''}`);
 }
