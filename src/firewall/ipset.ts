@@ -3,7 +3,7 @@ import { NftError, runNft, type NftRunnerOptions } from './nft-runner.ts';
 import type { Target } from './target.ts';
 import { BackendState, type BackendHealth } from './backend-state.ts';
 import { forEachValid, sameTimeLeft, secondsLeft, validTargets } from './ban-input.ts';
-import { filterScript, jumpCounts, readFilter, restoreFilter, xtablesBins, type Family, type XtablesBins } from './xtables.ts';
+import { filterScript, jumpCounts, readFilter, restoreFilter, RESTORE_FLAGS, xtablesBins, type Family, type XtablesBins } from './xtables.ts';
 import { addLine, allowEntries, allowLines, CHUNK_LINES, delLine, MAX_TIMEOUT_S, parseSetElements, parseSetHeaders, scopeKeys, SETS, setFor, SPECS, splitElement, type SetInfo, type SetSpec } from './ipset-sets.ts';
 
 /*
@@ -108,8 +108,6 @@ interface Inspection {
 
 const NO_SET = /set with the given name does not exist/i;
 const ALIVE_SLACK_MS = 1000;
-/** Unlike the iptables backend's restores: `-w` waits for the xtables lock with no bound but runNft's deadline. */
-const RESTORE_FLAGS = ['-w', '--noflush'];
 
 /** ipset enforcement; see the comment at the top of this file. */
 export class IpsetEnforcer implements Enforcer {
