@@ -7,14 +7,14 @@
  * connection, not per statement, so a lone setPosition also costs one fsync: the daemon is expected to wrap the
  * positions, counters and bans of one batch of lines in a single `transaction()` (one fsync per batch).
  *
- * Schema (version 1, kept in `PRAGMA user_version`; `MIGRATIONS[i]` upgrades version i to i + 1, so a later version
+ * Schema (version 2, kept in `PRAGMA user_version`; `MIGRATIONS[i]` upgrades version i to i + 1, so a later version
  * adds a function to the list and never edits an old one):
  *
  *   banned_ip(id INTEGER PRIMARY KEY, ip text, time_banned integer, server_name text, log_msg text, country text)
  *     PyFilter's table, byte for byte. time_banned is Unix seconds.
  *   bans(id INTEGER PRIMARY KEY, ip, rule, reason, created_at ms, expires_at ms | NULL = permanent, failures,
  *        ban_count, origin, server, country, lines JSON | NULL, ended_at ms | NULL, end_reason | NULL,
- *        banned_ip_id)   every ban ever; history is never deleted. A ban is "open" while ended_at IS NULL and
+ *        banned_ip_id, scope 'tcp:22,443' | NULL = all traffic)   every ban ever; history is never deleted. A ban is "open" while ended_at IS NULL and
  *                        "active" at t while open and (expires_at IS NULL OR expires_at > t).
  *   positions(key PRIMARY KEY, inode, "offset", fingerprint, cursor, updated_at ms)
  *   counters(rule, ip, state, updated_at ms, PRIMARY KEY (rule, ip))
