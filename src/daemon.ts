@@ -18,6 +18,7 @@ import { DryRunEnforcer } from './firewall/dry-run.ts';
 import { NftablesEnforcer } from './firewall/nftables.ts';
 import { IpsetEnforcer } from './firewall/ipset.ts';
 import { IptablesEnforcer } from './firewall/iptables.ts';
+import { FleetSync } from './store/fleet-sync.ts';
 import { BlacklistFilesEnforcer, readBlacklistChanges, type BlacklistChanges } from './firewall/blacklist-files.ts';
 import type { Enforcer } from './firewall/types.ts';
 import { Pipeline } from './pipeline.ts';
@@ -34,6 +35,8 @@ const EXPIRY_INTERVAL_MS = 1000;
 const COUNTER_FLUSH_INTERVAL_MS = 2000;
 const SWEEP_INTERVAL_MS = 60_000;
 const STORE_BUSY_TIMEOUT_MS = 1000;
+/** sync_bans.min_servers counts the nodes that reported an address within this window. */
+const REPORT_WINDOW_MS = 86_400_000;
 /** How often due firewall retries are looked at (the backoff itself is 1 s doubling to 60 s). */
 const RETRY_TICK_MS = 250;
 
@@ -164,6 +167,7 @@ const RESTART_ONLY: [string, (c: Config) => unknown][] = [
   ['settings.deny_type', (c) => c.denyType],
   ['settings.control_socket', (c) => c.controlSocket],
   ['settings.database', (c) => c.database],
+  ['redis', (c) => JSON.stringify(c.redis)],
   ['logging', (c) => JSON.stringify(c.logging)],
 ];
 
@@ -199,12 +203,14 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
   const sources: Source[] = [];
   const timers: NodeJS.Timeout[] = [];
   const enforcers: Enforcer[] = [];
+  let sync: FleetSync | undefined;
   const guard = NeverBan.create(initial.ignoredIps, initial.protectSessions, logger);
   let stopping = false;
   const cleanup = async () => {
     stopping = true;
     for (const t of timers) clearInterval(t);
     for (const s of sources) await s.stop().catch(() => {});
+    await sync?.stop().catch(() => {});
     for (const e of enforcers) await e.stop().catch(() => {});
     await control?.close().catch(() => {});
     guard.stop();
@@ -220,11 +226,6 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
       },
       logger,
     );
-    if (initial.database === 'redis') {
-      logger.warn('settings.database is "redis" but fleet sync over Redis is not available yet: using the local SQLite store only', {
-        store: initial.sqlitePath,
-      });
-    }
     cur = build(initial, logger);
     // A short busy timeout: while another program holds the write lock, each attempt blocks the event loop this long.
     const store = openSqliteStore(initial.sqlitePath, { server: initial.serverName, busyTimeoutMs: STORE_BUSY_TIMEOUT_MS });
@@ -251,6 +252,15 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
       server: initial.serverName,
       logger,
       banLog: initial.logging.active ? new BanLog(initial.logging.directory) : undefined,
+      onChange:
+        initial.database === 'redis'
+          ? (ev) => {
+              store.fleet.bumpVersion(ev.ip, ev.at);
+              sync?.enqueue(ev);
+              // Runs once the synchronous transaction holding this change has committed (or rolled it back).
+              queueMicrotask(() => sync?.flush());
+            }
+          : undefined,
     });
     let pipeline = new Pipeline(detector, (d) => bans.decide(d) !== null);
 
@@ -271,6 +281,22 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
     }
     for (const e of enforcers) await e.start();
     const rec = await bans.reconcile();
+    if (initial.database === 'redis') {
+      const r = initial.redis;
+      sync = new FleetSync({
+        settings: r,
+        fleet: store.fleet,
+        logger,
+        apply: (events, commit) =>
+          bans.applyRemote(events, {
+            commit,
+            bumpVersion: (ip, at) => store.fleet.bumpVersion(ip, at),
+            reporters: (ip, node, at) => store.fleet.report(ip, node, at, Date.now() - REPORT_WINDOW_MS),
+            minServers: r.sync.minServers,
+          }),
+      });
+      await sync.start();
+    }
     logger.info('started', {
       config: initial.file,
       store: initial.sqlitePath,
@@ -428,6 +454,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
         enforcers: enforcers.map((e) => ({ name: e.name, ...(e.health?.() ?? { ok: true }) })),
         enforcement: bans.enforcementStatus(),
         protection: guard.status(),
+        ...(sync ? { fleet: sync.status() } : {}),
       };
     };
 
@@ -548,6 +575,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
         drainDeferred();
         commit(() => {}, { task: 'final save' });
         await bans.flush();
+        await sync?.stop();
         // Kernel bans stay in place on shutdown: an attacker gains nothing by getting the daemon restarted.
         for (const e of enforcers) await e.stop();
         guard.stop();

@@ -2,6 +2,7 @@ import type { BanDecision } from '../detect/types.ts';
 import type { Enforcer, Enforcement, PortScope } from '../firewall/types.ts';
 import { canonicalTarget, normalizeSource, prefixOf, targetContains, type Target } from '../firewall/target.ts';
 import type { BanRecord, Store } from '../store/types.ts';
+import type { FleetEvent } from '../store/fleet-event.ts';
 import type { Logger } from '../util/logger.ts';
 import { BanLog, banMessage } from './ban-log.ts';
 import { banDuration } from './duration.ts';
@@ -18,6 +19,11 @@ export interface BanManagerOptions {
   scope?(rule: string): PortScope | null;
   /** Subnet escalation (settings.subnet_bans); absent or disabled: none. */
   subnetBans?: SubnetBanSettings;
+  /**
+   * Fleet sync: called for every ban or unban made on this node (not for remote ones, nor for expiry, which every
+   * node does by itself), inside the store transaction that makes it, so the event is as durable as the change.
+   */
+  onChange?: (ev: FleetEvent) => void;
   /** Called after an address is banned or unbanned by hand (the daemon: detector.forget). */
   forget?: (ip: string) => void;
   /** Seconds for a rule's bans; <= 0 is permanent. */
@@ -56,6 +62,25 @@ export function scopeCovers(have: PortScope | null | undefined, want: PortScope 
 function widen(a: PortScope | null | undefined, b: PortScope | null | undefined): PortScope | null {
   if (!a || !b || a.protocol !== b.protocol) return null;
   return { protocol: a.protocol, ports: [...new Set([...a.ports, ...b.ports])].sort((x, y) => x - y) };
+}
+
+/** A local ban as a fleet event. */
+export function banEvent(b: BanRecord): FleetEvent {
+  return {
+    v: 1, kind: 'ban', ip: b.ip, node: b.server, at: b.createdAt, rule: b.rule, reason: b.reason, createdAt: b.createdAt,
+    expiresAt: b.expiresAt, scope: b.scope ?? null, country: b.country ?? null,
+  };
+}
+
+/** What BanManager.applyRemote needs from fleet sync's state (src/store/fleet-state.ts). */
+export interface RemoteRules {
+  /** The cursor, committed with the bans. */
+  commit(): void;
+  /** Records a change at `at` unless a later one is known (then false: the event is stale). */
+  bumpVersion(ip: string, at: number): boolean;
+  /** Records that `node` reported `ip`; returns how many distinct nodes did recently. */
+  reporters(ip: string, node: string, at: number): number;
+  minServers: number;
 }
 
 function toEnforcement(b: BanRecord, ip = b.ip): Enforcement {
@@ -315,6 +340,7 @@ export class BanManager {
       if (added) {
         this.written.push({ ...d, record });
         this.notePrefixBan(record);
+        this.o.onChange?.(banEvent(record));
       }
       else if (!d.announced) this.written.push({ ...d, record, enforced: true, announced: true });
     }
@@ -566,7 +592,9 @@ export class BanManager {
     let replaced = false;
     const { record } = this.o.store.transaction(() => {
       replaced = this.o.store.removeBan(ip, now, 'replaced by a manual ban');
-      return this.o.store.addBan(input);
+      const r = this.o.store.addBan(input);
+      this.o.onChange?.(banEvent(r.record));
+      return r;
     });
     this.notePrefixBan(record);
     this.o.forget?.(ip);
@@ -616,17 +644,91 @@ export class BanManager {
           continue;
         }
         this.notePrefixBan(record);
+        this.o.onChange?.(banEvent(record));
         imported.push(ip);
       }
     });
     return { imported, skipped };
   }
 
+  /**
+   * Applies other nodes' bans and unbans (fleet sync), and commits the sync cursor in the same transaction. A ban is
+   * skipped when it already expired, when the source is ignored or protected here, when fewer than minServers nodes
+   * reported it, or when a later change to the address is known (an older event never undoes a newer one, so a
+   * manual unban is not undone by a stale ban). Returns how many events changed something.
+   */
+  async applyRemote(events: FleetEvent[], r: RemoteRules): Promise<number> {
+    const now = this.now();
+    const toBan: Enforcement[] = [];
+    const toLift: string[] = [];
+    const announced: BanRecord[] = [];
+    this.o.store.transaction(() => {
+      for (const ev of events) {
+        const t = canonicalTarget(ev.ip);
+        if (t === null) continue;
+        const ip = t.text;
+        if (ev.kind === 'unban') {
+          if (!r.bumpVersion(ip, ev.at)) continue;
+          if (this.o.store.removeBan(ip, now, `unbanned on ${ev.node}`)) {
+            toLift.push(ip);
+            this.prefixBans.delete(ip);
+            this.o.forget?.(ip);
+          }
+          continue;
+        }
+        if (ev.expiresAt !== null && ev.expiresAt !== undefined && ev.expiresAt <= now) continue;
+        const why = t.isPrefix ? (this.o.ignore.whyRange?.(t) ?? null) : this.o.ignore.why ? this.o.ignore.why(ip) : this.o.ignore.has(ip) ? 'ignored' : null;
+        if (why !== null) {
+          if (!this.refusedLogged.has(ip)) {
+            this.refusedLogged.add(ip);
+            this.o.logger.warn('not applying a remote ban of a protected address', { ip, node: ev.node, why });
+          }
+          continue;
+        }
+        if (r.reporters(ip, ev.node, ev.at) < r.minServers) continue;
+        if (!r.bumpVersion(ip, ev.at)) continue;
+        const scope = ev.scope ?? null;
+        const active = this.o.store.activeBan(ip, now);
+        if (active && scopeCovers(active.scope, scope) && (active.expiresAt === null || (ev.expiresAt != null && active.expiresAt >= ev.expiresAt))) continue;
+        if (active) this.o.store.removeBan(ip, now, `replaced by a ban from ${ev.node}`);
+        const input: BanInput = {
+          ip, rule: ev.rule ?? 'remote', reason: ev.reason ?? '', createdAt: ev.createdAt ?? ev.at, expiresAt: ev.expiresAt ?? null,
+          failures: 0, origin: 'remote', server: ev.node, country: ev.country ?? null,
+        };
+        if (scope) input.scope = scope;
+        const { added, record } = this.o.store.addBan(input);
+        if (!added) continue;
+        this.notePrefixBan(record);
+        toBan.push(toEnforcement(record));
+        announced.push(record);
+      }
+      r.commit();
+    });
+    for (const b of announced) {
+      this.o.logger.info('banned', { ip: b.ip, rule: b.rule, origin: 'remote', node: b.server, until: b.expiresAt === null ? 'permanent' : new Date(b.expiresAt).toISOString() });
+      try {
+        this.o.banLog?.write(`Found IP: ${b.ip} from server: ${b.server} - Blacklisting.`);
+      } catch (e) {
+        this.o.logger.warn('cannot write the ban log', { error: (e as Error).message });
+      }
+    }
+    for (const ip of toLift) this.o.logger.info('unbanned', { ip, origin: 'remote' });
+    if (toBan.length > 0) await this.enforce(toBan);
+    if (toLift.length > 0) await this.lift(toLift);
+    return toBan.length + toLift.length;
+  }
+
   /** Lifts the ban of an address (store and firewall) and forgets its failures. Returns whether it was banned. */
   async unban(ipText: string, reason = 'unbanned with tsfilter unban'): Promise<{ ip: string; removed: boolean; enforced: boolean; stillBlockedBy?: string }> {
     const ip = normalizeSource(ipText);
     if (ip === null) throw new BanRefused(`${JSON.stringify(ipText.slice(0, 100))} is not an IP address or CIDR prefix`);
-    const removed = this.o.store.removeBan(ip, this.now(), reason);
+    const at = this.now();
+    const removed = this.o.store.transaction(() => {
+      const r = this.o.store.removeBan(ip, at, reason);
+      // An unban is news to the fleet even when this node had no ban (a remote one that was never applied here).
+      this.o.onChange?.({ v: 1, kind: 'unban', ip, node: this.o.server, at });
+      return r;
+    });
     this.prefixBans.delete(ip);
     // A ban decided but not yet stored (its commit comes on the next turn of the event loop, or after a failed one)
     // is dropped too, or the commit would store it again after the operator was told it was lifted.
@@ -674,7 +776,11 @@ export class BanManager {
     const now = this.now();
     const ips = this.o.store.transaction(() => {
       const out: string[] = [];
-      for (const b of this.o.store.activeBans(now)) if (this.o.store.removeBan(b.ip, now, reason)) out.push(b.ip);
+      for (const b of this.o.store.activeBans(now)) {
+        if (!this.o.store.removeBan(b.ip, now, reason)) continue;
+        out.push(b.ip);
+        this.o.onChange?.({ v: 1, kind: 'unban', ip: b.ip, node: this.o.server, at: now });
+      }
       return out;
     });
     for (const ip of this.dropUnstored(() => true)) if (!ips.includes(ip)) ips.push(ip);

@@ -7,6 +7,7 @@ import { PatternError } from '../rules/types.ts';
 import type { CountingPolicy } from '../detect/types.ts';
 import { compileRule } from '../rules/compile.ts';
 import type { PortScope } from '../firewall/types.ts';
+import type { RedisSettings } from '../store/redis-connect.ts';
 
 export interface ConfigProblem {
   /** JSON path such as settings.rules.ssh.regex_patterns[2]. */
@@ -71,6 +72,8 @@ export interface Config {
   maxTrackedIps: number;
   forgetAfter: number;
   serverName: string;
+  /** Fleet sync, used when database is "redis". */
+  redis: RedisSettings;
   rules: RuleSettings[];
   logging: { active: boolean; directory: string };
   raw: RawConfig;
@@ -201,6 +204,29 @@ export function parseConfig(json: unknown, file: string, opts: { cwd?: string } 
     maxTrackedIps: s.max_tracked_ips,
     forgetAfter: s.forget_after,
     serverName: raw.redis.sync_bans.name,
+    redis: {
+      url: raw.redis.url,
+      host: raw.redis.host,
+      port: raw.redis.port,
+      username: raw.redis.username,
+      password: raw.redis.password,
+      database: raw.redis.database,
+      tls: raw.redis.tls,
+      tlsCaFile: raw.redis.tls_ca_file === null ? null : path.resolve(cwd, raw.redis.tls_ca_file),
+      sentinel: raw.redis.sentinel,
+      cluster: raw.redis.cluster,
+      schema: raw.redis.schema,
+      prefix: raw.redis.prefix,
+      streamMaxLen: raw.redis.stream_max_len,
+      streamMaxAge: raw.redis.stream_max_age,
+      maxEventBytes: raw.redis.max_event_bytes,
+      sync: {
+        active: raw.redis.sync_bans.active,
+        name: raw.redis.sync_bans.name,
+        checkTime: raw.redis.sync_bans.check_time,
+        minServers: raw.redis.sync_bans.min_servers,
+      },
+    },
     rules,
     logging: { active: raw.logging.active, directory: path.resolve(dataDir, raw.logging.directory) },
     raw,

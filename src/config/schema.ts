@@ -238,19 +238,61 @@ export const configSchema = z.strictObject({
     .default({ database: 'tsfilter.db' }),
   redis: z
     .strictObject({
-      host: z.string().default('127.0.0.1').describe('Redis host (fleet sync).'),
+      host: z.string().min(1).default('127.0.0.1').describe('Redis host (fleet sync).'),
+      port: z.number().int().min(1).max(65535).default(6379).describe('Redis port.'),
       password: z.string().nullable().default(null).describe('Redis password, or null.'),
-      database: z.number().int().min(0).default(0).describe('Redis database number.'),
+      username: z.string().min(1).nullable().default(null).describe('Redis ACL user name, or null (the default user).'),
+      database: z.number().int().min(0).default(0).describe('Redis database number (not with cluster).'),
+      url: z
+        .string()
+        .regex(/^rediss?:\/\//, { error: 'expected a redis:// or rediss:// URL' })
+        .nullable()
+        .default(null)
+        .describe('A connection URL (redis://user:pass@host:port/db, rediss:// for TLS); replaces host, port, username, password and database.'),
+      tls: z.boolean().default(false).describe('Connect with TLS (as a rediss:// URL does).'),
+      tls_ca_file: z.string().min(1).nullable().default(null).describe('PEM file of the CA that signed the server\'s certificate (TLS); null: the system\'s CAs.'),
+      sentinel: z
+        .strictObject({
+          name: z.string().min(1).describe('The master\'s name in Sentinel.'),
+          nodes: z.array(z.string().regex(/^\S+:\d{1,5}$/, { error: 'expected host:port' })).min(1).describe('Sentinels, as host:port.'),
+        })
+        .nullable()
+        .default(null)
+        .describe('Find the master through Redis Sentinel instead of host/port.'),
+      cluster: z
+        .strictObject({
+          nodes: z.array(z.string().regex(/^\S+:\d{1,5}$/, { error: 'expected host:port' })).min(1).describe('Some cluster nodes, as host:port.'),
+        })
+        .nullable()
+        .default(null)
+        .describe('Redis Cluster: keys carry a hash tag so each operation stays on one slot.'),
+      schema: z
+        .enum(['tsfilter', 'pyfilter'], { error: 'expected "tsfilter" or "pyfilter"' })
+        .default('tsfilter')
+        .describe('"tsfilter": a stream of ban/unban events with expiries (instant, lossless); "pyfilter": PyFilter\'s keys and channel, so PyFilter nodes share bans with this one.'),
+      prefix: z
+        .string()
+        .regex(/^[A-Za-z0-9_.:-]{1,64}$/, { error: 'expected letters, digits and _ . : -' })
+        .default('tsfilter')
+        .describe('Key prefix of the tsfilter schema (keys are {prefix}:events, {prefix}:bans, ...).'),
+      stream_max_len: z.number().int().min(1000).default(1_000_000).describe('The event stream is trimmed to about this many events.'),
+      stream_max_age: positiveSeconds('stream_max_age').default(30 * 86_400).describe('Events older than this many seconds are trimmed; a node offline longer resyncs from the ban table.'),
+      max_event_bytes: z.number().int().min(512).max(1_048_576).default(16_384).describe('Larger events are ignored with a warning (a poisoned or broken node).'),
       sync_bans: z
         .strictObject({
-          active: z.boolean().default(false).describe('Share bans with the other servers on this Redis.'),
-          name: z.string().min(1).default('1').describe('This server\'s name in the fleet; must be unique.'),
-          check_time: positiveSeconds('check_time').default(600).describe('Seconds between full resyncs with Redis.'),
+          active: z.boolean().default(false).describe('Apply the other servers\' bans here (with settings.database "redis"; this server\'s bans are always published).'),
+          name: z.string().min(1).max(200).default('1').describe('This server\'s name in the fleet; must be unique (a second live node with the same name is refused).'),
+          check_time: positiveSeconds('check_time').default(600).describe('Seconds between full resyncs with Redis (a safety net: bans arrive at once).'),
+          min_servers: z.number().int().min(1).default(1).describe('Apply a remote ban only once this many distinct servers reported the address (DenyHosts\' sync threshold).'),
         })
-        .default({ active: false, name: '1', check_time: 600 }),
+        .default({ active: false, name: '1', check_time: 600, min_servers: 1 }),
     })
-    .default({ host: '127.0.0.1', password: null, database: 0, sync_bans: { active: false, name: '1', check_time: 600 } })
-    .describe('PyFilter\'s Redis block (fleet sync); name identifies this server in bans.'),
+    .default({
+      host: '127.0.0.1', port: 6379, password: null, username: null, database: 0, url: null, tls: false, tls_ca_file: null,
+      sentinel: null, cluster: null, schema: 'tsfilter', prefix: 'tsfilter', stream_max_len: 1_000_000, stream_max_age: 30 * 86_400,
+      max_event_bytes: 16_384, sync_bans: { active: false, name: '1', check_time: 600, min_servers: 1 },
+    })
+    .describe('Fleet sync (settings.database "redis"): PyFilter\'s redis block plus connection and schema options. SQLite stays the local store.'),
   logging: z
     .strictObject({
       active: z.boolean().default(false).describe('Write PyFilter\'s ban log (Logs/<YYYY-Mon>/<YYYY-MM-DD>/<YYYY-MM-DD HH>.log).'),

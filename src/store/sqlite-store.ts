@@ -7,7 +7,7 @@
  * connection, not per statement, so a lone setPosition also costs one fsync: the daemon is expected to wrap the
  * positions, counters and bans of one batch of lines in a single `transaction()` (one fsync per batch).
  *
- * Schema (version 2, kept in `PRAGMA user_version`; `MIGRATIONS[i]` upgrades version i to i + 1, so a later version
+ * Schema (version 3, kept in `PRAGMA user_version`; `MIGRATIONS[i]` upgrades version i to i + 1, so a later version
  * adds a function to the list and never edits an old one):
  *
  *   banned_ip(id INTEGER PRIMARY KEY, ip text, time_banned integer, server_name text, log_msg text, country text)
@@ -18,6 +18,7 @@
  *                        "active" at t while open and (expires_at IS NULL OR expires_at > t).
  *   positions(key PRIMARY KEY, inode, "offset", fingerprint, cursor, updated_at ms)
  *   counters(rule, ip, state, updated_at ms, PRIMARY KEY (rule, ip))
+ *   fleet_outbox, fleet_kv, fleet_versions, fleet_reports: fleet sync (src/store/fleet-state.ts)
  *
  * PyFilter's banned_ip and our bans — how legacy rows are told apart:
  *   Every row of banned_ip is linked to exactly one open row of bans through bans.banned_ip_id (and the same ip; the
@@ -41,10 +42,11 @@
 import Database from 'better-sqlite3';
 import type { PortScope } from '../firewall/types.ts';
 import type { Position } from '../sources/types.ts';
+import { FLEET_TABLES, fleetState, type FleetState } from './fleet-state.ts';
 import type { BanOrigin, BanRecord, CounterState, Store } from './types.ts';
 
 /** The schema version this code writes. A file with a higher `user_version` is refused. */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 /** `PRAGMA application_id` of a TSFilter store ('TSFI'). PyFilter's files have 0, which is accepted. */
 export const APPLICATION_ID = 0x54534649;
 /** The server name PyFilter writes into banned_ip.server_name. */
@@ -73,6 +75,8 @@ export interface StoredBan extends BanRecord {
 
 export interface SqliteStore extends Store {
   readonly path: string;
+  /** Fleet sync's tables (absent on a read-only open). */
+  readonly fleet: FleetState;
   history(ip: string): StoredBan[];
 }
 
@@ -189,6 +193,10 @@ const MIGRATIONS: ((db: Db) => void)[] = [
   // 1 -> 2. A ban may be limited to some ports of one protocol ("tcp:22,443"); NULL blocks all traffic.
   (db) => {
     db.exec('ALTER TABLE bans ADD COLUMN scope TEXT');
+  },
+  // 2 -> 3. Fleet sync's outbox, cursor, per-address versions and reports (src/store/fleet-state.ts).
+  (db) => {
+    db.exec(FLEET_TABLES);
   },
 ];
 
@@ -485,8 +493,13 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
     if (row.banned_ip_id !== null) s.deleteMirror.run(row.banned_ip_id, row.ip);
   };
 
+  let fleet: FleetState | undefined;
   const store: SqliteStore = {
     path,
+    get fleet(): FleetState {
+      if (readonly) throw new StoreError(path, 'fleet state needs a read-write open');
+      return (fleet ??= fleetState(db));
+    },
 
     addBan(ban) {
       return guard('addBan', () => {

@@ -1,0 +1,214 @@
+import { readFileSync } from 'node:fs';
+import type { Logger } from '../util/logger.ts';
+
+/** The redis block of the config, normalised (src/config/load.ts). */
+export interface RedisSettings {
+  url: string | null;
+  host: string;
+  port: number;
+  username: string | null;
+  password: string | null;
+  database: number;
+  tls: boolean;
+  tlsCaFile: string | null;
+  sentinel: { name: string; nodes: string[] } | null;
+  cluster: { nodes: string[] } | null;
+  schema: 'tsfilter' | 'pyfilter';
+  prefix: string;
+  streamMaxLen: number;
+  streamMaxAge: number;
+  maxEventBytes: number;
+  sync: { active: boolean; name: string; checkTime: number; minServers: number };
+}
+
+/**
+ * What fleet sync needs from Redis, the same for a single server, Sentinel and Cluster: raw commands (so both wire
+ * schemas are written once, as the Redis commands they are) and one subscription.
+ */
+export interface RedisConn {
+  /** One command. `key` is its first key, which routes it to its slot in Cluster mode. */
+  cmd(args: string[], key?: string): Promise<unknown>;
+  /** Subscribes (on a connection of its own); messages arrive as strings. Resubscribed after a reconnect. */
+  subscribe(channel: string, onMessage: (message: string) => void): Promise<void>;
+  readonly connected: boolean;
+  /** ms since the epoch of the last change of `connected`. */
+  readonly since: number;
+  readonly lastError: string | null;
+  /** Called on every connect and disconnect. */
+  onChange(cb: (connected: boolean) => void): void;
+  close(): Promise<void>;
+}
+
+/** Reconnection: 100 ms doubling up to 10 s, for ever (Redis may be down for hours; detection goes on meanwhile). */
+export function reconnectDelay(retries: number): number {
+  return Math.min(100 * 2 ** Math.min(retries, 10), 10_000);
+}
+
+function hostPort(s: string): { host: string; port: number } {
+  const i = s.lastIndexOf(':');
+  return { host: s.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(s.slice(i + 1)) };
+}
+
+/** Only the password's presence, for logs and status. */
+export function describeTarget(s: RedisSettings): string {
+  if (s.cluster) return `cluster ${s.cluster.nodes.join(',')}`;
+  if (s.sentinel) return `sentinel ${s.sentinel.name}@${s.sentinel.nodes.join(',')}`;
+  if (s.url) return s.url.replace(/\/\/[^@/]*@/, '//***@');
+  return `${s.tls ? 'rediss' : 'redis'}://${s.host}:${s.port}/${s.database}`;
+}
+
+/**
+ * Creates the client (the official `redis` package, loaded only here, so a server without Redis configured never
+ * loads it) and starts connecting in the background: the daemon does not wait for Redis, and a Redis that is down at
+ * start is retried like one that goes down later. Commands fail at once while disconnected (no offline queue): the
+ * caller keeps its own durable queue.
+ */
+export async function connectRedis(s: RedisSettings, logger: Logger): Promise<RedisConn> {
+  const redis = await import('redis');
+  const socketTls = s.tls || (s.url?.startsWith('rediss://') ?? false);
+  const ca = s.tlsCaFile ? readFileSync(s.tlsCaFile, 'utf8') : undefined;
+  const socket = {
+    reconnectStrategy: reconnectDelay,
+    connectTimeout: 5000,
+    ...(socketTls ? { tls: true as const, ...(ca ? { ca } : {}) } : {}),
+  };
+  const auth = { ...(s.username ? { username: s.username } : {}), ...(s.password ? { password: s.password } : {}) };
+  let connected = false;
+  let since = Date.now();
+  let lastError: string | null = null;
+  const listeners: ((c: boolean) => void)[] = [];
+  const set = (c: boolean) => {
+    if (c === connected) return;
+    connected = c;
+    since = Date.now();
+    for (const l of listeners) l(c);
+  };
+  const onError = (e: unknown) => {
+    const msg = e instanceof Error ? e.message : String(e);
+    if (msg !== lastError) logger.warn('redis connection problem', { error: msg });
+    lastError = msg;
+  };
+
+  let cmd: RedisConn['cmd'];
+  let subscribe: RedisConn['subscribe'];
+  let close: () => Promise<void>;
+
+  if (s.cluster) {
+    const cluster = redis.createCluster({
+      rootNodes: s.cluster.nodes.map((n) => ({ socket: { ...hostPort(n), ...socket } })),
+      defaults: { ...auth, socket, disableOfflineQueue: true },
+    });
+    cluster.on('error', onError);
+    cmd = (args, key) => cluster.sendCommand(key, false, args);
+    subscribe = async (channel, cb) => {
+      await cluster.subscribe(channel, (m: string) => cb(m));
+    };
+    close = async () => {
+      await cluster.close().catch(() => {});
+    };
+    // A cluster client has no ready/end events of its own: connected means the last command got through.
+    const probe = async () => {
+      try {
+        await cluster.connect();
+        set(true);
+      } catch (e) {
+        onError(e);
+        setTimeout(() => void probe(), 1000).unref();
+      }
+    };
+    void probe();
+    const origCmd = cmd;
+    cmd = async (args, key) => {
+      try {
+        const r = await origCmd(args, key);
+        set(true);
+        return r;
+      } catch (e) {
+        if (!/WRONGTYPE|ERR|NOSCRIPT|BUSYGROUP/.test(String(e))) set(false);
+        throw e;
+      }
+    };
+  } else if (s.sentinel) {
+    const sentinel = redis.createSentinel({
+      name: s.sentinel.name,
+      sentinelRootNodes: s.sentinel.nodes.map(hostPort),
+      nodeClientOptions: { ...auth, database: s.database, socket, disableOfflineQueue: true },
+    });
+    sentinel.on('error', onError);
+    cmd = (args) => sentinel.sendCommand(false, args);
+    subscribe = async (channel, cb) => {
+      await sentinel.subscribe(channel, (m: string) => cb(m));
+    };
+    close = async () => {
+      await sentinel.close().catch(() => {});
+    };
+    const probe = async () => {
+      try {
+        await sentinel.connect();
+        set(true);
+      } catch (e) {
+        onError(e);
+        setTimeout(() => void probe(), 1000).unref();
+      }
+    };
+    void probe();
+    const origCmd = cmd;
+    cmd = async (args, key) => {
+      try {
+        const r = await origCmd(args, key);
+        set(true);
+        return r;
+      } catch (e) {
+        if (!/WRONGTYPE|ERR|NOSCRIPT/.test(String(e))) set(false);
+        throw e;
+      }
+    };
+  } else {
+    const client = redis.createClient({
+      ...(s.url ? { url: s.url } : { socket: { host: s.host, port: s.port }, database: s.database, ...auth }),
+      socket: { ...(s.url ? {} : { host: s.host, port: s.port }), ...socket },
+      disableOfflineQueue: true,
+    });
+    const sub = client.duplicate();
+    client.on('error', onError);
+    sub.on('error', () => {});
+    client.on('ready', () => set(true));
+    client.on('end', () => set(false));
+    client.on('reconnecting', () => set(false));
+    const start = (c: typeof client) => c.connect().catch((e: unknown) => onError(e));
+    void start(client);
+    let subStarted = false;
+    cmd = (args) => client.sendCommand(args);
+    subscribe = async (channel, cb) => {
+      if (!subStarted) {
+        subStarted = true;
+        void start(sub);
+      }
+      // node-redis resubscribes by itself after a reconnect; subscribe() is queued until the connection is up.
+      await new Promise<void>((resolve) => {
+        const tryIt = () =>
+          sub.subscribe(channel, (m: string) => cb(m)).then(resolve, () => setTimeout(tryIt, 500).unref());
+        tryIt();
+      });
+    };
+    close = async () => {
+      await sub.close().catch(() => {});
+      await client.close().catch(() => {});
+    };
+  }
+  return {
+    cmd: (args, key) => cmd(args, key),
+    subscribe: (c, cb) => subscribe(c, cb),
+    get connected() {
+      return connected;
+    },
+    get since() {
+      return since;
+    },
+    get lastError() {
+      return lastError;
+    },
+    onChange: (cb) => listeners.push(cb),
+    close: () => close(),
+  };
+}
