@@ -58,7 +58,7 @@ test('ban, list and unban act on the running daemon; ignored and loopback addres
 
     r = cli('list');
     assert.equal(r.code, 0);
-    assert.match(r.stdout, /198\.51\.100\.7\s+manual\s+all\s+manual\s+\S+\s+\S+\s+1\s+-\s+port scan/);
+    assert.match(r.stdout, /198\.51\.100\.7\s+manual\s+all\s+manual\s+\S+\s+\S+\s+\S+\s+1\s+-\s+port scan/);
     assert.match(r.stdout, /2001:db8::9 .* permanent /);
 
     // Refusals: an ignored range (named), loopback, not an IP, a bad duration — all exit 2, nothing stored.

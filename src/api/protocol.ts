@@ -138,6 +138,8 @@ export interface ListedBan {
   failures: number;
   /** "tcp:22,443" when only those ports are blocked; "all" otherwise. */
   blocks: string;
+  /** The node (redis.sync_bans.name) that made the ban. */
+  node: string;
 }
 
 export function toListed(b: BanRecord): ListedBan {
@@ -152,5 +154,6 @@ export function toListed(b: BanRecord): ListedBan {
     origin: b.origin,
     failures: b.failures,
     blocks: b.scope ? `${b.scope.protocol}:${b.scope.ports.join(',')}` : 'all',
+    node: b.server,
   };
 }

@@ -161,9 +161,9 @@ export async function listCommand(config: Config, o: { json?: boolean }, out: Ou
     out('no active bans');
     return;
   }
-  const rows = [['IP', 'RULE', 'BLOCKS', 'ORIGIN', 'SINCE', 'EXPIRES', 'BANS', 'COUNTRY', 'REASON']];
+  const rows = [['IP', 'RULE', 'BLOCKS', 'ORIGIN', 'NODE', 'SINCE', 'EXPIRES', 'BANS', 'COUNTRY', 'REASON']];
   for (const b of bans) {
-    rows.push([b.ip, b.rule, b.blocks ?? 'all', b.origin, b.since, b.expires ?? 'permanent', String(b.ban_count), b.country ?? '-', JSON.stringify(b.reason).slice(1, -1)]);
+    rows.push([b.ip, b.rule, b.blocks ?? 'all', b.origin, b.node ?? '-', b.since, b.expires ?? 'permanent', String(b.ban_count), b.country ?? '-', JSON.stringify(b.reason).slice(1, -1)]);
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
   for (const row of rows) out(row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  '));
@@ -187,6 +187,15 @@ export async function statusCommand(config: Config, o: { json?: boolean }, out: 
   }
   const en = s.enforcement as Record<string, any>;
   if (en.pending_retries > 0) out(`firewall changes waiting for retry: ${en.pending_retries} (next in ${en.next_retry_in_s} s; last error: ${en.last_error?.error})`);
+  const f = s.fleet as Record<string, any> | undefined;
+  if (f) {
+    const peers = (f.peers as { name: string; seen_s_ago: number }[]).map((p) => `${p.name} (${p.seen_s_ago} s ago)`).join(', ') || 'none seen in the last minute';
+    out(
+      `fleet: node ${f.node}, ${f.schema} schema on ${f.redis}, ${f.connected ? 'connected' : `DISCONNECTED for ${f.outage_s} s (${f.last_error ?? 'no answer'})`}; ` +
+        `outbox ${f.outbox}; lag ${f.lag_ms_last ?? '-'} ms (max ${f.lag_ms_max_1m ?? '-'} ms in the last minute); peers: ${peers}` +
+        (f.name_conflict ? `; NAME CONFLICT with instance ${f.name_conflict}` : ''),
+    );
+  }
   for (const ru of s.rules as Record<string, any>[]) {
     out(`rule ${ru.name}: lines=${ru.lines} matched=${ru.matched} successes=${ru.successes} bans=${ru.bans}`);
   }

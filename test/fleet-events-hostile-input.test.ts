@@ -1,0 +1,39 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { parseEvent } from '../src/store/fleet-event.ts';
+
+const ok = { v: 1, kind: 'ban', ip: '192.0.2.7', node: 'A', at: 1_700_000_000_000, rule: 'ssh', reason: 'r', createdAt: 1_700_000_000_000, expiresAt: null };
+
+test('a valid event parses, with its address canonical and its scope normalised', () => {
+  const r = parseEvent(JSON.stringify({ ...ok, ip: '2001:DB8::0007', scope: { protocol: 'tcp', ports: [443, 22, 22] } }), 16384);
+  assert.ok('event' in r);
+  assert.equal(r.event.ip, '2001:db8::7');
+  assert.deepEqual(r.event.scope, { protocol: 'tcp', ports: [22, 443] });
+  const u = parseEvent(JSON.stringify({ v: 1, kind: 'unban', ip: '198.51.100.0/24', node: 'B', at: 5 }), 16384);
+  assert.ok('event' in u && u.event.kind === 'unban' && u.event.ip === '198.51.100.0/24');
+});
+
+test('hostile or broken events are refused with the reason, never thrown', () => {
+  const cases: [unknown, RegExp][] = [
+    ['not json', /not JSON/],
+    [JSON.stringify([1]), /not a JSON object/],
+    [JSON.stringify({ ...ok, v: 2 }), /version/],
+    [JSON.stringify({ ...ok, kind: 'drop table' }), /kind/],
+    [JSON.stringify({ ...ok, ip: '999.1.1.1' }), /ip/],
+    [JSON.stringify({ ...ok, ip: '192.0.2.7; rm -rf /' }), /ip/],
+    [JSON.stringify({ ...ok, node: 'a\nb' }), /node/],
+    [JSON.stringify({ ...ok, node: '' }), /node/],
+    [JSON.stringify({ ...ok, at: 'now' }), /at/],
+    [JSON.stringify({ ...ok, rule: 'x'.repeat(101) }), /rule/],
+    [JSON.stringify({ ...ok, expiresAt: '2030' }), /expiresAt/],
+    [JSON.stringify({ ...ok, scope: { protocol: 'icmp', ports: [1] } }), /scope/],
+    [JSON.stringify({ ...ok, scope: { protocol: 'tcp', ports: [0] } }), /scope/],
+    [JSON.stringify({ ...ok, scope: { protocol: 'tcp', ports: Array.from({ length: 16 }, (_, i) => i + 1) } }), /scope/],
+    [JSON.stringify({ ...ok, reason: 'x'.repeat(20_000) }), /larger than/],
+  ];
+  for (const [text, why] of cases) {
+    const r = parseEvent(text as string, 16384);
+    assert.ok('error' in r, `accepted: ${String(text).slice(0, 80)}`);
+    assert.match(r.error, why, String(text).slice(0, 80));
+  }
+});
