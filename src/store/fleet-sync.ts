@@ -37,6 +37,7 @@ const LEASE_MS = 30_000;
 const HEARTBEAT_MS = 10_000;
 const PEER_RECENT_MS = 60_000;
 const OUTBOX_BATCH = 200;
+const RETRY_MS = 5000;
 
 const LEASE = `
 local cur = redis.call('GET', KEYS[1])
@@ -124,12 +125,21 @@ export class FleetSync {
         this.o.logger.warn('redis connection lost; bans are queued locally until it returns', { redis: describeTarget(this.s) });
       }
     });
-    if (this.s.sync.active) await this.wire.listen(() => this.kick('incremental')).catch((e) => this.o.logger.warn('cannot subscribe yet', { error: e }));
+    // Not awaited: with Redis down the subscription completes whenever it comes back.
+    if (this.s.sync.active) void this.wire.listen(() => this.kick('incremental')).catch((e) => this.o.logger.warn('cannot subscribe', { error: e }));
     if (this.conn.connected) await this.onConnected();
     this.every(HEARTBEAT_MS, () => this.heartbeat());
-    this.every(this.s.sync.checkTime * 1000, async () => this.kick('full'));
-    // A wake-up can be lost (pub/sub has no memory); a cheap incremental pull every few seconds bounds that.
-    if (this.s.sync.active) this.every(5000, async () => this.kick('incremental'));
+    this.every(this.s.sync.checkTime * 1000, () => {
+      this.kick('full');
+      // Versions must outlive every event that could still arrive (the stream's age limit), reports likewise.
+      this.o.fleet.prune(this.now() - this.s.streamMaxAge * 1000 - 86_400_000);
+    });
+    // A wake-up can be lost (pub/sub has no memory) and a publish can fail while connected: a cheap incremental pull
+    // and an outbox flush every few seconds bound both.
+    this.every(RETRY_MS, () => {
+      this.kick('incremental');
+      this.flush();
+    });
   }
 
   private every(ms: number, fn: () => Promise<unknown> | unknown): void {
