@@ -21,6 +21,7 @@ const benches: { name: string; args: string[] }[] = [
   { name: 'tail latency: append -> pipeline (inotify)', args: ['bench/tail-latency.ts', '500'] },
   { name: 'line-to-drop: log line -> nft element (issue 3: p99 < 20 ms; needs root, runs in a netns)', args: ['bench/line-to-drop.ts', '300'] },
   { name: 'nftables: 100,000 bans applied / restored (issue 3: < 2 s each; needs root, runs in a netns)', args: ['bench/nft-bulk.ts'] },
+  { name: 'fleet sync: ban on A -> element in B\'s nft set, and B catching up on 10,000 bans (issue 5: p99 < 50 ms, < 2 s; needs root and redis-server, runs in a netns)', args: ['bench/fleet-propagation.ts', '200'] },
   { name: 'firewall backends (nftables, ipset, iptables, PyFilter) on the same 100,000 bans (needs root, runs in netns)', args: ['bench/firewall-backends.ts'] },
 ];
 

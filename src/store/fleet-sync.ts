@@ -94,6 +94,7 @@ export class FleetSync {
       this.s.schema === 'pyfilter'
         ? new PyfilterWire(this.conn, { name: this.s.sync.name, maxEventBytes: this.s.maxEventBytes })
         : new TsfilterWire(this.conn, this.o.fleet, {
+            node: this.s.sync.name,
             prefix: this.s.prefix,
             maxLen: this.s.streamMaxLen,
             maxAgeS: this.s.streamMaxAge,
@@ -202,19 +203,22 @@ export class FleetSync {
     for (;;) {
       const batch = this.o.fleet.outboxPeek(OUTBOX_BATCH);
       if (batch.length === 0) return;
-      const done: number[] = [];
-      try {
-        for (const row of batch) {
+      // The whole batch goes out pipelined (one connection keeps the order); what failed stays for the next drain.
+      // Should a later event land before an earlier failed one, the per-address versions keep the later change.
+      const results = await Promise.allSettled(
+        batch.map(async (row) => {
           const r = parseEvent(row.event, Number.MAX_SAFE_INTEGER);
           if ('event' in r) await this.wire.publish(r.event);
-          done.push(row.id);
-          this.published++;
-        }
-      } catch (e) {
-        this.o.logger.warn('publishing to redis failed; kept in the outbox', { error: e, queued: this.o.fleet.outboxCount() - done.length });
+          return row.id;
+        }),
+      );
+      const done = results.filter((r): r is PromiseFulfilledResult<number> => r.status === 'fulfilled').map((r) => r.value);
+      if (done.length > 0) this.o.fleet.outboxDelete(done);
+      this.published += done.length;
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) {
+        this.o.logger.warn('publishing to redis failed; kept in the outbox', { error: failed.reason, queued: this.o.fleet.outboxCount() });
         return;
-      } finally {
-        if (done.length > 0) this.o.fleet.outboxDelete(done);
       }
     }
   }

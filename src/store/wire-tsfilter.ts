@@ -10,7 +10,7 @@ import type { RedisConn } from './redis-connect.ts';
  *                       redis.stream_max_len entries and redis.stream_max_age
  *   {tsfilter}:bans     hash ip -> the latest event for that address (a ban, or an unban as a tombstone): the state a
  *                       node resyncs from when the stream no longer reaches back to its cursor
- *   {tsfilter}:wake     pub/sub channel; the message is only a wake-up, the stream is the truth
+ *   {tsfilter}:wake     pub/sub channel; the message ("<node> <stream id>") is only a wake-up, the stream is the truth
  *
  * A node's cursor (the last stream id it applied) is kept in SQLite, committed with the bans it applied.
  */
@@ -26,7 +26,7 @@ if cur then
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[1])
-redis.call('PUBLISH', ARGV[5], id)
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' ' .. id)
 return id
 `;
 
@@ -44,7 +44,7 @@ export class TsfilterWire implements WireSchema {
   constructor(
     private readonly conn: RedisConn,
     private readonly fleet: FleetState,
-    private readonly o: { prefix: string; maxLen: number; maxAgeS: number; maxEventBytes: number; now?: () => number },
+    private readonly o: { node?: string; prefix: string; maxLen: number; maxAgeS: number; maxEventBytes: number; now?: () => number },
   ) {
     this.tag = `{${o.prefix}}`;
     this.events = `${this.tag}:events`;
@@ -54,7 +54,7 @@ export class TsfilterWire implements WireSchema {
 
   async publish(ev: FleetEvent): Promise<void> {
     const json = JSON.stringify(ev);
-    await this.conn.cmd(['EVAL', PUBLISH, '2', this.events, this.bans, json, ev.ip, String(ev.at), String(this.o.maxLen), this.wake], this.events);
+    await this.conn.cmd(['EVAL', PUBLISH, '2', this.events, this.bans, json, ev.ip, String(ev.at), String(this.o.maxLen), this.wake, this.o.node ?? ev.node], this.events);
     const now = (this.o.now ?? Date.now)();
     if (now - this.lastTrim > 60_000) {
       this.lastTrim = now;
@@ -63,8 +63,12 @@ export class TsfilterWire implements WireSchema {
     }
   }
 
+  /** The wake-up names its publisher ("<node> <id>"): a node's own publishes do not make it pull. */
   async listen(onWake: () => void): Promise<void> {
-    await this.conn.subscribe(this.wake, () => onWake());
+    const own = this.o.node === undefined ? null : `${this.o.node} `;
+    await this.conn.subscribe(this.wake, (m) => {
+      if (own === null || !m.startsWith(own)) onWake();
+    });
   }
 
   async pull(full: boolean): Promise<{ events: FleetEvent[]; rejected: string[]; commit(): void; after(): Promise<void>; more: boolean }> {
