@@ -19,6 +19,7 @@ import { NftablesEnforcer } from './firewall/nftables.ts';
 import { IpsetEnforcer } from './firewall/ipset.ts';
 import { IptablesEnforcer } from './firewall/iptables.ts';
 import { FleetSync } from './store/fleet-sync.ts';
+import { banEvent } from './bans/ban-manager.ts';
 import { BlacklistFilesEnforcer, readBlacklistChanges, type BlacklistChanges } from './firewall/blacklist-files.ts';
 import type { Enforcer } from './firewall/types.ts';
 import { Pipeline } from './pipeline.ts';
@@ -291,9 +292,16 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
           bans.applyRemote(events, {
             commit,
             bumpVersion: (ip, at) => store.fleet.bumpVersion(ip, at),
+            latest: (ip) => store.fleet.version(ip),
             reporters: (ip, node, at) => store.fleet.report(ip, node, at, Date.now() - REPORT_WINDOW_MS),
             minServers: r.sync.minServers,
           }),
+        // A Redis that came back empty (restarted without persistence) learns this node's active bans again.
+        republish: () =>
+          store
+            .activeBans(Date.now())
+            .filter((b) => b.origin !== 'remote' && b.server === r.sync.name)
+            .map(banEvent),
       });
       await sync.start();
     }

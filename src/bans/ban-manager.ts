@@ -78,6 +78,8 @@ export interface RemoteRules {
   commit(): void;
   /** Records a change at `at` unless a later one is known (then false: the event is stale). */
   bumpVersion(ip: string, at: number): boolean;
+  /** The time of the latest change to `ip` known here. */
+  latest(ip: string): number | undefined;
   /** Records that `node` reported `ip`; returns how many distinct nodes did recently. */
   reporters(ip: string, node: string, at: number): number;
   minServers: number;
@@ -685,6 +687,9 @@ export class BanManager {
           }
           continue;
         }
+        // A stale event is not even a report: a replayed old ban must not count towards min_servers.
+        const latest = r.latest(ip);
+        if (latest !== undefined && latest >= ev.at) continue;
         if (r.reporters(ip, ev.node, ev.at) < r.minServers) continue;
         if (!r.bumpVersion(ip, ev.at)) continue;
         const scope = ev.scope ?? null;

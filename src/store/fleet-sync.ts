@@ -29,6 +29,8 @@ export interface FleetSyncOptions {
   /** Applies remote events inside `transaction` (with commit() of the cursor); returns how many changed something. */
   apply(events: FleetEvent[], commit: () => void): Promise<number>;
   now?: () => number;
+  /** This node's active bans as events: published again when the fleet's ban table is gone (an empty Redis). */
+  republish?: () => FleetEvent[];
   /** For tests: a connection instead of the official client. */
   connect?: (s: RedisSettings, logger: Logger) => Promise<RedisConn>;
 }
@@ -126,8 +128,14 @@ export class FleetSync {
         this.o.logger.warn('redis connection lost; bans are queued locally until it returns', { redis: describeTarget(this.s) });
       }
     });
-    // Not awaited: with Redis down the subscription completes whenever it comes back.
-    if (this.s.sync.active) void this.wire.listen(() => this.kick('incremental')).catch((e) => this.o.logger.warn('cannot subscribe', { error: e }));
+    // Not awaited: with Redis down the subscription completes whenever it comes back; what was announced before it
+    // took effect is picked up by a full pull right after.
+    if (this.s.sync.active) {
+      void this.wire.listen(() => this.kick('incremental')).then(
+        () => this.kick('full'),
+        (e) => this.o.logger.warn('cannot subscribe', { error: e }),
+      );
+    }
     if (this.conn.connected) await this.onConnected();
     this.every(HEARTBEAT_MS, () => this.heartbeat());
     this.every(this.s.sync.checkTime * 1000, () => {
@@ -155,8 +163,23 @@ export class FleetSync {
 
   private async onConnected(): Promise<void> {
     await this.heartbeat();
+    await this.republishIfEmpty().catch((e) => this.o.logger.warn('cannot check the fleet ban table', { error: e }));
     this.flush();
     this.kick('full');
+    // node-redis resubscribes a moment after reconnecting; announcements made in between are only seen by a scan
+    // (PyFilter's schema has no stream), so pull everything once more when the subscription is surely back.
+    setTimeout(() => this.kick('full'), 2000).unref();
+  }
+
+  /** tsfilter schema: a missing ban table means a Redis that lost its data; this node's active bans go out again. */
+  private async republishIfEmpty(): Promise<void> {
+    if (this.s.schema !== 'tsfilter' || !this.o.republish) return;
+    const exists = await this.conn.cmd(['EXISTS', this.key('bans')], this.key('bans'));
+    if (Number(exists) !== 0) return;
+    const events = this.o.republish();
+    if (events.length === 0) return;
+    this.o.logger.warn('the fleet\'s ban table in redis is gone (restarted without persistence?); publishing this node\'s active bans again', { count: events.length });
+    for (const ev of events) this.enqueue(ev);
   }
 
   /** Renews this node's lease and its entry in the peer table; returns the other instance's id on a conflict. */
