@@ -162,7 +162,8 @@ export class FleetSync {
   }
 
   private async onConnected(): Promise<void> {
-    await this.heartbeat();
+    // A refused command (an ACL without rights on our keys: NOPERM) is logged; the node keeps detecting and banning.
+    await this.heartbeat().catch((e) => this.o.logger.error('redis refused the node registration', { error: e }));
     await this.republishIfEmpty().catch((e) => this.o.logger.warn('cannot check the fleet ban table', { error: e }));
     this.flush();
     this.kick('full');

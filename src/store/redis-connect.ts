@@ -93,75 +93,105 @@ export async function connectRedis(s: RedisSettings, logger: Logger): Promise<Re
   let subscribe: RedisConn['subscribe'];
   let close: () => Promise<void>;
 
+  // Subscriptions wanted so far: (re)applied whenever a (new) connection is up; subscribing on a cluster or sentinel
+  // client that has no node yet fails, so it is retried until it holds.
+  const subs: [string, (message: string) => void][] = [];
+  let closed = false;
+  const retrying = async (what: () => Promise<unknown>): Promise<void> => {
+    while (!closed) {
+      try {
+        await what();
+        return;
+      } catch (e) {
+        onError(e);
+        await new Promise((r) => setTimeout(r, 500).unref());
+      }
+    }
+  };
+  /** Counts a failure as a lost connection only when it is about the connection, not the command. */
+  const track = async <T>(p: Promise<T>): Promise<T> => {
+    try {
+      const r = await p;
+      set(true);
+      return r;
+    } catch (e) {
+      if (!/^(ERR|WRONGTYPE|NOSCRIPT|NOPERM|BUSY|NOAUTH|WRONGPASS)/.test(e instanceof Error ? e.message : String(e))) set(false);
+      throw e;
+    }
+  };
+
   if (s.cluster) {
     const cluster = redis.createCluster({
       rootNodes: s.cluster.nodes.map((n) => ({ socket: { ...hostPort(n), ...socket } })),
       defaults: { ...auth, socket, disableOfflineQueue: true },
     });
     cluster.on('error', onError);
-    cmd = (args, key) => cluster.sendCommand(key, false, args);
+    // A cluster client has no ready/end events of its own: connected means the last command got through.
+    let up = false;
+    const probe = async () => {
+      while (!closed && !up) {
+        try {
+          await cluster.connect();
+          up = true;
+          set(true);
+          for (const [ch, cb] of subs) void retrying(() => cluster.subscribe(ch, (m: string) => cb(m)));
+        } catch (e) {
+          onError(e);
+          if (/already/i.test(String(e))) return;
+          await new Promise((r) => setTimeout(r, 1000).unref());
+        }
+      }
+    };
+    void probe();
+    cmd = (args, key) => (up ? track(cluster.sendCommand(key, false, args)) : Promise.reject(new Error('redis cluster not connected yet')));
     subscribe = async (channel, cb) => {
-      await cluster.subscribe(channel, (m: string) => cb(m));
+      subs.push([channel, cb]);
+      if (up) await retrying(() => cluster.subscribe(channel, (m: string) => cb(m)));
     };
     close = async () => {
+      closed = true;
       await cluster.close().catch(() => {});
     };
-    // A cluster client has no ready/end events of its own: connected means the last command got through.
+  } else if (s.sentinel) {
+    const sentinelOpts = s.sentinel;
+    // A RedisSentinel whose first connect() failed stays "already attempting to open" for ever: each attempt gets a
+    // fresh one, and the failed one is destroyed.
+    let current: ReturnType<typeof redis.createSentinel> | null = null;
     const probe = async () => {
-      try {
-        await cluster.connect();
-        set(true);
-      } catch (e) {
-        onError(e);
-        setTimeout(() => void probe(), 1000).unref();
+      while (!closed) {
+        const sn = redis.createSentinel({
+          name: sentinelOpts.name,
+          sentinelRootNodes: sentinelOpts.nodes.map(hostPort),
+          nodeClientOptions: { ...auth, database: s.database, socket, disableOfflineQueue: true },
+        });
+        sn.on('error', onError);
+        try {
+          await sn.connect();
+          if (closed) {
+            await sn.destroy().catch(() => {});
+            return;
+          }
+          current = sn;
+          set(true);
+          for (const [ch, cb] of subs) void retrying(() => sn.subscribe(ch, (m: string) => cb(m)));
+          return;
+        } catch (e) {
+          onError(e);
+          await sn.destroy().catch(() => {});
+          await new Promise((r) => setTimeout(r, 1000).unref());
+        }
       }
     };
     void probe();
-    const origCmd = cmd;
-    cmd = async (args, key) => {
-      try {
-        const r = await origCmd(args, key);
-        set(true);
-        return r;
-      } catch (e) {
-        if (!/WRONGTYPE|ERR|NOSCRIPT|BUSYGROUP/.test(String(e))) set(false);
-        throw e;
-      }
-    };
-  } else if (s.sentinel) {
-    const sentinel = redis.createSentinel({
-      name: s.sentinel.name,
-      sentinelRootNodes: s.sentinel.nodes.map(hostPort),
-      nodeClientOptions: { ...auth, database: s.database, socket, disableOfflineQueue: true },
-    });
-    sentinel.on('error', onError);
-    cmd = (args) => sentinel.sendCommand(false, args);
+    cmd = (args) => (current ? track(current.sendCommand(false, args)) : Promise.reject(new Error('redis (sentinel) not connected yet')));
     subscribe = async (channel, cb) => {
-      await sentinel.subscribe(channel, (m: string) => cb(m));
+      subs.push([channel, cb]);
+      const sn = current;
+      if (sn) await retrying(() => sn.subscribe(channel, (m: string) => cb(m)));
     };
     close = async () => {
-      await sentinel.close().catch(() => {});
-    };
-    const probe = async () => {
-      try {
-        await sentinel.connect();
-        set(true);
-      } catch (e) {
-        onError(e);
-        setTimeout(() => void probe(), 1000).unref();
-      }
-    };
-    void probe();
-    const origCmd = cmd;
-    cmd = async (args, key) => {
-      try {
-        const r = await origCmd(args, key);
-        set(true);
-        return r;
-      } catch (e) {
-        if (!/WRONGTYPE|ERR|NOSCRIPT/.test(String(e))) set(false);
-        throw e;
-      }
+      closed = true;
+      await current?.close().catch(() => {});
     };
   } else {
     const client = redis.createClient({
