@@ -7,6 +7,7 @@ import { replay, UsageError, type ReplayBan } from './replay.ts';
 import { testRule } from './test-rule.ts';
 import { banCommand, listCommand, NotRunningError, statusCommand, unbanCommand } from './control.ts';
 import { importPyfilterCommand, type ImportOptions } from './import-pyfilter.ts';
+import { installServiceCommand, uninstallServiceCommand, type InstallOptions } from './install-service.ts';
 import { createLogger } from '../util/logger.ts';
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage. */
@@ -206,6 +207,20 @@ export function buildProgram(): Command {
     .option('--json', 'the report as one JSON object')
     .addHelpText('after', '\nExamples:\n  sudo tsfilter import pyfilter --from /opt/PyFilter --dry-run\n  sudo tsfilter import pyfilter --from /opt/PyFilter\n')
     .action((o: ImportOptions) => importPyfilterCommand(o, out));
+
+  program
+    .command('install-service')
+    .description('Write, enable and start the systemd unit tsfilter.service (root); running it again only applies changes.')
+    .option('-c, --config <file>', 'config file the service runs with (default: /etc/tsfilter/config.json, which must exist)')
+    .option('--print', 'print the unit and change nothing')
+    .addHelpText('after', '\nExamples:\n  sudo tsfilter install-service\n  tsfilter install-service --config /etc/tsfilter/config.json --print\n')
+    .action((o: InstallOptions) => installServiceCommand(o, out, note));
+
+  program
+    .command('uninstall-service')
+    .description('Stop and disable tsfilter.service and remove its unit (root); the config and /var/lib/tsfilter stay.')
+    .addHelpText('after', '\nExample:\n  sudo tsfilter uninstall-service\n')
+    .action(() => uninstallServiceCommand(out));
 
   return program;
 }
