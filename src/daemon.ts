@@ -19,6 +19,7 @@ import { NftablesEnforcer } from './firewall/nftables.ts';
 import { IpsetEnforcer } from './firewall/ipset.ts';
 import { IptablesEnforcer } from './firewall/iptables.ts';
 import { FleetSync } from './store/fleet-sync.ts';
+import { findDatabase, GeoIp } from './geo/geoip.ts';
 import { banEvent } from './bans/ban-manager.ts';
 import { BlacklistFilesEnforcer, readBlacklistChanges, type BlacklistChanges } from './firewall/blacklist-files.ts';
 import type { Enforcer } from './firewall/types.ts';
@@ -168,6 +169,7 @@ const RESTART_ONLY: [string, (c: Config) => unknown][] = [
   ['settings.deny_type', (c) => c.denyType],
   ['settings.control_socket', (c) => c.controlSocket],
   ['settings.database', (c) => c.database],
+  ['settings.geoip_database', (c) => c.geoipDatabase],
   ['redis', (c) => JSON.stringify(c.redis)],
   ['logging', (c) => JSON.stringify(c.logging)],
 ];
@@ -205,6 +207,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
   const timers: NodeJS.Timeout[] = [];
   const enforcers: Enforcer[] = [];
   let sync: FleetSync | undefined;
+  let geo: GeoIp | undefined;
   const guard = NeverBan.create(initial.ignoredIps, initial.protectSessions, logger);
   let stopping = false;
   const cleanup = async () => {
@@ -212,6 +215,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
     for (const t of timers) clearInterval(t);
     for (const s of sources) await s.stop().catch(() => {});
     await sync?.stop().catch(() => {});
+    geo?.close();
     for (const e of enforcers) await e.stop().catch(() => {});
     await control?.close().catch(() => {});
     guard.stop();
@@ -234,6 +238,8 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
     let detector = newDetector(cur);
     detector.load(store.loadCounters().filter((c) => cur.byName.has(c.rule)));
     guard.start();
+    const dbFile = findDatabase(initial.geoipDatabase, process.cwd());
+    geo = dbFile === null ? undefined : await GeoIp.open(dbFile, logger);
     enforcers.push(createEnforcer(initial, logger));
     // PyFilter's Config/blacklist.v4/.v6: read before anything writes them (the sidecar tells deleted lines apart).
     const blacklistDir = pyfilterBlacklistDir(initial);
@@ -253,6 +259,8 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
       server: initial.serverName,
       logger,
       banLog: initial.logging.active ? new BanLog(initial.logging.directory) : undefined,
+      // No usable database (missing, corrupt, not yet there): no country and no sentence, as PyFilter without one.
+      country: geo ? (ip) => (geo!.databaseType === null ? undefined : (geo!.lookup(ip)?.name ?? null)) : undefined,
       onChange:
         initial.database === 'redis'
           ? (ev) => {
@@ -584,6 +592,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
         commit(() => {}, { task: 'final save' });
         await bans.flush();
         await sync?.stop();
+        geo?.close();
         // Kernel bans stay in place on shutdown: an attacker gains nothing by getting the daemon restarted.
         for (const e of enforcers) await e.stop();
         guard.stop();

@@ -23,7 +23,15 @@ export class BanLog {
 }
 
 /** PyFilter's sentence for a ban earned by counting (it names failed_attempts, as PyFilter's count does). */
-export function banMessage(ip: string, rule: string, failedAttempts: number, instant: boolean): string {
+export function banMessage(ip: string, rule: string, failedAttempts: number, instant: boolean, country?: string | null): string {
   const how = instant ? 'an instant ban' : `${failedAttempts} bad connections`;
-  return `IP: ${ip} has been blacklisted and the firewall rules have been updated. Acquired ${how} via ${rule}.`;
+  return `IP: ${ip} has been blacklisted and the firewall rules have been updated. Acquired ${how} via ${rule}.${countrySentence(country)}`;
+}
+
+/**
+ * PyFilter's country sentence: only when a GeoIP database is in use (`country` is then a name or null for an address
+ * it does not know); without one (`undefined`) the sentence is left out, as PyFilter does.
+ */
+export function countrySentence(country: string | null | undefined): string {
+  return country === undefined ? '' : ` The IP was from ${country ?? 'unknown!'}.`;
 }

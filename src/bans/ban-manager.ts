@@ -4,7 +4,7 @@ import { canonicalTarget, normalizeSource, prefixOf, targetContains, type Target
 import type { BanRecord, Store } from '../store/types.ts';
 import type { FleetEvent } from '../store/fleet-event.ts';
 import type { Logger } from '../util/logger.ts';
-import { BanLog, banMessage } from './ban-log.ts';
+import { BanLog, banMessage, countrySentence } from './ban-log.ts';
 import { banDuration } from './duration.ts';
 
 export interface BanManagerOptions {
@@ -24,6 +24,8 @@ export interface BanManagerOptions {
    * node does by itself), inside the store transaction that makes it, so the event is as durable as the change.
    */
   onChange?: (ev: FleetEvent) => void;
+  /** GeoIP: the English name of an address's country (null: unknown; undefined: no usable database right now). */
+  country?: (ip: string) => string | null | undefined;
   /** Called after an address is banned or unbanned by hand (the daemon: detector.forget). */
   forget?: (ip: string) => void;
   /** Seconds for a rule's bans; <= 0 is permanent. */
@@ -256,8 +258,10 @@ export class BanManager {
       replaces = true;
     }
     if (this.coveringPrefix(d.ip, scope, now) !== undefined) return null;
+    const country = this.o.country?.(d.ip);
     const record = this.push(d.ip, d.rule, now, scope, replaces, d.instant, {
-      reason: banMessage(d.ip, d.rule, this.o.failedAttempts(d.rule), d.instant),
+      reason: banMessage(d.ip, d.rule, this.o.failedAttempts(d.rule), d.instant, country),
+      country: country ?? null,
       failures: d.failures,
       lines: d.lines,
     });
@@ -273,7 +277,7 @@ export class BanManager {
     scope: PortScope | null,
     replaces: boolean,
     instant: boolean,
-    what: { reason: string; failures: number; lines?: string[] },
+    what: { reason: string; failures: number; lines?: string[]; country?: string | null },
   ): BanRecord {
     const unstored = this.pendingIps.get(ip);
     const previous = this.o.store.banCount(ip) + (unstored?.count ?? 0);
@@ -287,7 +291,7 @@ export class BanManager {
       failures: what.failures,
       origin: 'local',
       server: this.o.server,
-      country: null,
+      country: what.country ?? null,
       lines: what.lines,
     };
     if (scope) input.scope = scope;
@@ -589,7 +593,7 @@ export class BanManager {
       failures: 0,
       origin: 'manual',
       server: this.o.server,
-      country: null,
+      country: target.isPrefix ? null : (this.o.country?.(ip) ?? null),
     };
     let replaced = false;
     const { record } = this.o.store.transaction(() => {
@@ -698,7 +702,7 @@ export class BanManager {
         if (active) this.o.store.removeBan(ip, now, `replaced by a ban from ${ev.node}`);
         const input: BanInput = {
           ip, rule: ev.rule ?? 'remote', reason: ev.reason ?? '', createdAt: ev.createdAt ?? ev.at, expiresAt: ev.expiresAt ?? null,
-          failures: 0, origin: 'remote', server: ev.node, country: ev.country ?? null,
+          failures: 0, origin: 'remote', server: ev.node, country: ev.country ?? (t.isPrefix ? null : (this.o.country?.(ip) ?? null)),
         };
         if (scope) input.scope = scope;
         const { added, record } = this.o.store.addBan(input);
@@ -712,7 +716,7 @@ export class BanManager {
     for (const b of announced) {
       this.o.logger.info('banned', { ip: b.ip, rule: b.rule, origin: 'remote', node: b.server, until: b.expiresAt === null ? 'permanent' : new Date(b.expiresAt).toISOString() });
       try {
-        this.o.banLog?.write(`Found IP: ${b.ip} from server: ${b.server} - Blacklisting.`);
+        this.o.banLog?.write(`Found IP: ${b.ip} from server: ${b.server} - Blacklisting.${countrySentence(b.country ?? this.o.country?.(b.ip))}`);
       } catch (e) {
         this.o.logger.warn('cannot write the ban log', { error: (e as Error).message });
       }

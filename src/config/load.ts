@@ -68,6 +68,8 @@ export interface Config {
   nftables: { nft: string; checkInterval: number; priority: number; verifyInterval: number };
   ignoredIps: string[];
   useDns: boolean;
+  /** settings.geoip_database, absolute, or null (look for PyFilter's file in the working directory). */
+  geoipDatabase: string | null;
   reloadIptables: boolean;
   maxTrackedIps: number;
   forgetAfter: number;
@@ -200,6 +202,7 @@ export function parseConfig(json: unknown, file: string, opts: { cwd?: string } 
     nftables: { nft: s.nftables.nft, checkInterval: s.nftables.check_interval, priority: s.nftables.priority, verifyInterval: s.nftables.verify_interval },
     ignoredIps: s.ignored_ips,
     useDns: s.use_dns,
+    geoipDatabase: s.geoip_database === null ? null : path.resolve(cwd, s.geoip_database),
     reloadIptables: s.reload_iptables,
     maxTrackedIps: s.max_tracked_ips,
     forgetAfter: s.forget_after,

@@ -217,6 +217,12 @@ export const settingsSchema = z.strictObject({
     .boolean()
     .default(false)
     .describe('Resolve a host capture that is not an IP with DNS. Off: attackers control log text.'),
+  geoip_database: z
+    .string()
+    .min(1)
+    .nullable()
+    .default(null)
+    .describe('A MaxMind-format .mmdb (GeoLite2/GeoIP2 Country or City, DB-IP); null: PyFilter\'s GeoLite2-Country.mmdb in the working directory if there is one. Reloaded when the file changes.'),
   max_tracked_ips: z
     .number()
     .int()

@@ -1,0 +1,47 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { appendFileSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { sshConfig, withDaemonDir } from './helpers/daemon.ts';
+import { failed } from './helpers/syslog.ts';
+import { runCli, SHARED } from './helpers/cli.ts';
+
+function walk(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : [path.join(dir, e.name)]));
+}
+
+// Addresses from the MaxMind test database: only written into a log file, never contacted (dry-run enforcer).
+test('with a GeoIP database, each ban records its country in the store, in list and in PyFilter\'s log sentence', () =>
+  withDaemonDir('tsf-geo-', async ({ dir, log, start }) => {
+    const cfg = sshConfig(dir, log, { geoip_database: path.join(SHARED, 'corpus/geoip/GeoLite2-Country-Test.mmdb') });
+    const c = JSON.parse(readFileSync(cfg, 'utf8'));
+    c.logging = { active: true, directory: 'Logs' };
+    writeFileSync(cfg, JSON.stringify(c));
+    const d = start(cfg);
+    await d.waitFor(/msg=started/);
+    const t = Date.now();
+    for (let i = 0; i < 5; i++) appendFileSync(log, failed(t + i, '81.2.69.142') + failed(t + i, '1.2.3.4'));
+    await d.waitFor(/msg=banned ip=81\.2\.69\.142 /);
+    await d.waitFor(/msg=banned ip=1\.2\.3\.4 /);
+    const listed = runCli(['list', '--json', '--config', cfg]).stdout.trim().split('\n').map((l) => JSON.parse(l));
+    assert.equal(listed.find((b) => b.ip === '81.2.69.142')?.country, 'United Kingdom');
+    assert.equal(listed.find((b) => b.ip === '1.2.3.4')?.country, null, 'an address the database does not know');
+    await d.stop();
+    const text = walk(path.join(dir, 'Logs')).map((f) => readFileSync(f, 'utf8')).join('');
+    assert.match(text, /IP: 81\.2\.69\.142 has been blacklisted .* via ssh\. The IP was from United Kingdom\./);
+    assert.match(text, /IP: 1\.2\.3\.4 has been blacklisted .* via ssh\. The IP was from unknown!/);
+  }));
+
+test('without a GeoIP database the country stays empty and the sentence is left out, as PyFilter does', () =>
+  withDaemonDir('tsf-geo-', async ({ dir, log, start }) => {
+    const cfg = sshConfig(dir, log, { geoip_database: path.join(dir, 'missing.mmdb') });
+    const d = start(cfg);
+    await d.waitFor(/msg=started/);
+    assert.match(d.out, /GeoIP database unusable; running without countries/);
+    const t = Date.now();
+    for (let i = 0; i < 5; i++) appendFileSync(log, failed(t + i, '81.2.69.142'));
+    await d.waitFor(/msg=banned ip=81\.2\.69\.142 /);
+    const listed = runCli(['list', '--json', '--config', cfg]).stdout.trim().split('\n').map((l) => JSON.parse(l));
+    assert.equal(listed[0].country, null);
+    assert.doesNotMatch(listed[0].reason, /The IP was from/);
+  }));
