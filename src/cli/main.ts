@@ -6,6 +6,7 @@ import { resolveConfigPath } from './config-path.ts';
 import { replay, UsageError, type ReplayBan } from './replay.ts';
 import { testRule } from './test-rule.ts';
 import { banCommand, listCommand, NotRunningError, statusCommand, unbanCommand } from './control.ts';
+import { explainCommand } from './explain.ts';
 import { importPyfilterCommand, type ImportOptions } from './import-pyfilter.ts';
 import { installServiceCommand, uninstallServiceCommand, type InstallOptions } from './install-service.ts';
 import { createLogger } from '../util/logger.ts';
@@ -110,6 +111,15 @@ export function buildProgram(): Command {
     .option(configOpt, configHelp)
     .addHelpText('after', '\nExamples:\n  sudo tsfilter list\n  sudo tsfilter list --json | jq -r .ip\n')
     .action((o: { json?: boolean; config?: string }) => listCommand(load(o.config), o, out, note));
+
+  program
+    .command('explain')
+    .argument('<ip>', 'an address or CIDR prefix')
+    .description('Why an address is (or was) banned: every ban with its rule, the log lines that counted, times, ban count and escalation, country, origin and node.')
+    .option('--json', 'one JSON object {ip, bans, covered_by}')
+    .option(configOpt, configHelp)
+    .addHelpText('after', '\nExamples:\n  sudo tsfilter explain 203.0.113.7\n  sudo tsfilter explain 2001:db8::7 --json | jq .bans\n')
+    .action((ip: string, o: { json?: boolean; config?: string }) => explainCommand(load(o.config), ip, o, out));
 
   program
     .command('status')

@@ -1,0 +1,96 @@
+import { existsSync } from 'node:fs';
+import type { Config } from '../config/load.ts';
+import { parseIp } from '../api/protocol.ts';
+import { canonicalTarget, targetContains } from '../firewall/target.ts';
+import { openSqliteStore, type StoredBan } from '../store/sqlite-store.ts';
+import { UsageError } from './replay.ts';
+
+/*
+ * `tsfilter explain IP`: why an address is (or was) banned, from the store alone (read-only, so it works beside a
+ * running daemon and without one): every ban of the address, oldest first, with the rule, the log lines that counted,
+ * the times, the ban count and how long each lasted (escalation), the country, the origin and the node; and any
+ * active prefix ban that covers it.
+ */
+
+type Out = (line: string) => void;
+
+interface ExplainedBan {
+  ip: string;
+  ban_count: number;
+  rule: string;
+  origin: string;
+  node: string;
+  country: string | null;
+  since: string;
+  expires: string | null;
+  /** Seconds the ban was set to last; null: permanent. Growing from one ban to the next: escalation. */
+  duration_s: number | null;
+  ended: string | null;
+  end_reason: string | null;
+  active: boolean;
+  blocks: string;
+  failures: number;
+  reason: string;
+  lines: string[];
+}
+
+function explained(b: StoredBan, now: number): ExplainedBan {
+  return {
+    ip: b.ip,
+    ban_count: b.banCount,
+    rule: b.rule,
+    origin: b.origin,
+    node: b.server,
+    country: b.country ?? null,
+    since: new Date(b.createdAt).toISOString(),
+    expires: b.expiresAt === null ? null : new Date(b.expiresAt).toISOString(),
+    duration_s: b.expiresAt === null ? null : Math.round((b.expiresAt - b.createdAt) / 1000),
+    ended: b.endedAt === null ? null : new Date(b.endedAt).toISOString(),
+    end_reason: b.endReason,
+    active: b.endedAt === null && (b.expiresAt === null || b.expiresAt > now),
+    blocks: b.scope ? `${b.scope.protocol}:${b.scope.ports.join(',')}` : 'all',
+    failures: b.failures,
+    reason: b.reason,
+    lines: b.lines ?? [],
+  };
+}
+
+export function explainCommand(config: Config, ipText: string, o: { json?: boolean }, out: Out): void {
+  let ip: string;
+  try {
+    ip = parseIp(ipText);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  if (!existsSync(config.sqlitePath)) {
+    out(o.json ? JSON.stringify({ ip, bans: [], covered_by: [] }) : `${ip} has never been banned (no store at ${config.sqlitePath})`);
+    return;
+  }
+  const store = openSqliteStore(config.sqlitePath, { readonly: true });
+  try {
+    const now = Date.now();
+    const bans = store.history(ip).map((b) => explained(b, now));
+    const self = canonicalTarget(ip);
+    const coveredBy = self && !self.isPrefix ? store.activeBans(now).filter((b) => b.ip.includes('/') && targetContains(canonicalTarget(b.ip)!, ip)).map((b) => b.ip) : [];
+    if (o.json) {
+      out(JSON.stringify({ ip, bans, covered_by: coveredBy }));
+      return;
+    }
+    if (bans.length === 0) out(`${ip} has never been banned${coveredBy.length ? '' : '.'}`);
+    for (const b of bans) {
+      const state = b.active ? 'ACTIVE' : b.ended ? `ended ${b.ended} (${b.end_reason ?? 'expired'})` : 'expired';
+      out(`ban ${b.ban_count} of ${ip}: ${state}`);
+      out(`  rule ${b.rule}, origin ${b.origin}, node ${b.node}${b.country ? `, country ${b.country}` : ''}, blocks ${b.blocks}`);
+      out(`  since ${b.since}, ${b.expires === null ? 'permanent' : `until ${b.expires} (${b.duration_s} s)`}`);
+      out(`  ${b.failures} failure(s): ${b.reason}`);
+      for (const l of b.lines) out(`    | ${l}`);
+    }
+    if (bans.length > 1) {
+      const durations = bans.map((b) => (b.duration_s === null ? 'permanent' : `${b.duration_s} s`));
+      out(`escalation: ${durations.join(' -> ')}`);
+    }
+    for (const p of coveredBy) out(`${ip} is inside the active prefix ban ${p} (tsfilter explain ${p})`);
+  } finally {
+    store.close();
+  }
+}
