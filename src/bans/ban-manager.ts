@@ -184,6 +184,13 @@ export class BanManager {
     if (t?.isPrefix) this.prefixBans.set(t.text, { target: t, expiresAt: b.expiresAt, scope: b.scope ?? null });
   }
 
+  /** Why a source must not be banned (ignored, protected, or a range holding such an address), or null. */
+  private whyNot(t: Target): string | null {
+    if (t.isPrefix) return this.o.ignore.whyRange?.(t) ?? null;
+    if (this.o.ignore.why) return this.o.ignore.why(t.text);
+    return this.o.ignore.has(t.text) ? 'an ignored or protected address' : null;
+  }
+
   private scopeOf(rule: string): PortScope | null {
     return this.o.scope?.(rule) ?? null;
   }
@@ -577,9 +584,7 @@ export class BanManager {
     const ip = normalizeSource(ipText);
     if (ip === null) throw new BanRefused(`${JSON.stringify(ipText.slice(0, 100))} is not an IP address or CIDR prefix`);
     const target = canonicalTarget(ip)!;
-    let why: string | null;
-    if (target.isPrefix) why = this.o.ignore.whyRange ? this.o.ignore.whyRange(target) : null;
-    else why = this.o.ignore.why ? this.o.ignore.why(ip) : this.o.ignore.has(ip) ? 'an ignored or protected address' : null;
+    const why = this.whyNot(target);
     if (why !== null) throw new BanRefused(`${ip} is ${why}: refusing to ban it`);
     const now = this.now();
     const previous = this.o.store.banCount(ip);
@@ -636,8 +641,7 @@ export class BanManager {
           skipped.push({ ip: e.ip.slice(0, 100), why: 'not an IP address or CIDR prefix' });
           continue;
         }
-        const t = canonicalTarget(ip)!;
-        const why = t.isPrefix ? (this.o.ignore.whyRange?.(t) ?? null) : this.o.ignore.why ? this.o.ignore.why(ip) : this.o.ignore.has(ip) ? 'ignored' : null;
+        const why = this.whyNot(canonicalTarget(ip)!);
         if (why !== null) {
           skipped.push({ ip, why });
           continue;
@@ -683,7 +687,7 @@ export class BanManager {
           continue;
         }
         if (ev.expiresAt !== null && ev.expiresAt !== undefined && ev.expiresAt <= now) continue;
-        const why = t.isPrefix ? (this.o.ignore.whyRange?.(t) ?? null) : this.o.ignore.why ? this.o.ignore.why(ip) : this.o.ignore.has(ip) ? 'ignored' : null;
+        const why = this.whyNot(t);
         if (why !== null) {
           if (!this.refusedLogged.has(ip)) {
             this.refusedLogged.add(ip);
@@ -832,7 +836,7 @@ export class BanManager {
         continue;
       }
       const t = canonicalTarget(ip)!;
-      if (t.isPrefix ? (this.o.ignore.whyRange?.(t) ?? null) !== null : this.o.ignore.has(ip)) {
+      if (t.isPrefix ? this.whyNot(t) !== null : this.o.ignore.has(ip)) {
         if (!opts.quiet) this.o.logger.warn('active ban of an ignored or protected address is not enforced', { ip, rule: b.rule });
         continue;
       }

@@ -101,9 +101,9 @@ export class NeverBan {
   }
 
   /**
-   * Why a prefix must not be banned, or null. Refused: a prefix wider than MIN_PREFIX, one wholly inside an
-   * ignored_ips entry, and one that holds a loopback, a host's own or a current SSH session's address (banning it would
-   * lock the owner out). An ignored address merely inside the prefix is fine: the enforcers let ignored_ips through
+   * Why a source must not be banned, or null. An address: why(). A prefix is refused when it is wider than
+   * MIN_PREFIX, lies wholly inside an ignored_ips entry, or holds a loopback, a host's own or a current SSH session's
+   * address (banning it would lock the owner out). An ignored address merely inside the prefix is fine: the enforcers let ignored_ips through
    * ahead of every ban.
    */
   whyRange(t: Target): string | null {

@@ -337,7 +337,7 @@ export function importPyfilter(o: ImportOptions): ImportReport {
         return;
       }
       const t = canonicalTarget(ip)!;
-      const why = t.isPrefix ? never.whyRange(t) : never.why(ip);
+      const why = never.whyRange(t);
       if (why !== null) {
         skipped.push({ source: c.source, value: c.value, reason: `${why}: TSFilter never bans it` });
         return;
