@@ -11,6 +11,7 @@
  * (bad request, invalid or refused address): the CLI exits 2 for them, 1 for "runtime" ones.
  */
 import { normalizeSource } from '../firewall/target.ts';
+import { formatScope } from '../firewall/port-scope.ts';
 import { MAX_BAN_SECONDS } from '../bans/duration.ts';
 import type { BanRecord } from '../store/types.ts';
 
@@ -153,7 +154,7 @@ export function toListed(b: BanRecord): ListedBan {
     country: b.country ?? null,
     origin: b.origin,
     failures: b.failures,
-    blocks: b.scope ? `${b.scope.protocol}:${b.scope.ports.join(',')}` : 'all',
+    blocks: formatScope(b.scope) ?? 'all',
     node: b.server,
   };
 }

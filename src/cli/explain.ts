@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { formatScope } from '../firewall/port-scope.ts';
 import type { Config } from '../config/load.ts';
 import { parseIp } from '../api/protocol.ts';
 import { canonicalTarget, targetContains } from '../firewall/target.ts';
@@ -48,7 +49,7 @@ function explained(b: StoredBan, now: number): ExplainedBan {
     ended: b.endedAt === null ? null : new Date(b.endedAt).toISOString(),
     end_reason: b.endReason,
     active: b.endedAt === null && (b.expiresAt === null || b.expiresAt > now),
-    blocks: b.scope ? `${b.scope.protocol}:${b.scope.ports.join(',')}` : 'all',
+    blocks: formatScope(b.scope) ?? 'all',
     failures: b.failures,
     reason: b.reason,
     lines: b.lines ?? [],

@@ -40,7 +40,7 @@
  * Rows of banned_ip without an ip are ignored (never imported, never deleted).
  */
 import Database from 'better-sqlite3';
-import type { PortScope } from '../firewall/types.ts';
+import { formatScope, parseScope } from '../firewall/port-scope.ts';
 import type { Position } from '../sources/types.ts';
 import { FLEET_TABLES, fleetState, type FleetState } from './fleet-state.ts';
 import type { BanOrigin, BanRecord, CounterState, Store } from './types.ts';
@@ -229,20 +229,6 @@ function wrapError(path: string, err: unknown, doing: string): unknown {
   return new StoreError(path, `${doing}: ${what} (${detail})`, { cause: err });
 }
 
-/** "tcp:22,443" <-> { protocol: 'tcp', ports: [22, 443] }; anything else reads as all traffic (NULL). */
-export function formatScope(scope: PortScope | null | undefined): string | null {
-  if (!scope || scope.ports.length === 0) return null;
-  return `${scope.protocol}:${scope.ports.join(',')}`;
-}
-
-export function parseScope(text: string | null): PortScope | null {
-  if (text === null) return null;
-  const m = /^(tcp|udp):(\d{1,5}(?:,\d{1,5})*)$/.exec(text);
-  if (!m) return null;
-  const ports = m[2]!.split(',').map(Number);
-  if (ports.some((p) => p < 1 || p > 65535)) return null;
-  return { protocol: m[1] as 'tcp' | 'udp', ports };
-}
 
 function parseLines(json: string | null): string[] | undefined {
   if (json === null) return undefined;
