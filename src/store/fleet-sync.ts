@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from '../util/logger.ts';
 import type { FleetState } from './fleet-state.ts';
 import { parseEvent, type FleetEvent, type WireSchema } from './fleet-event.ts';
-import { connectRedis, describeTarget, type RedisConn, type RedisSettings } from './redis-connect.ts';
+import { connectRedis, describeTarget, hashReply, type RedisConn, type RedisSettings } from './redis-connect.ts';
 import { TsfilterWire } from './wire-tsfilter.ts';
 import { PyfilterWire } from './wire-pyfilter.ts';
 
@@ -201,11 +201,11 @@ export class FleetSync {
       return;
     }
     this.conflict = null;
-    const all = (await this.conn.cmd(['HGETALL', this.key('nodes')], this.key('nodes'))) as string[];
+    const nodes = hashReply(await this.conn.cmd(['HGETALL', this.key('nodes')], this.key('nodes')));
     const peers: { name: string; seen: number }[] = [];
-    for (let i = 0; i + 1 < all.length; i += 2) {
-      const seen = Number(all[i + 1]);
-      if (all[i] !== this.s.sync.name && Number.isFinite(seen)) peers.push({ name: all[i]!.slice(0, 200), seen });
+    for (const [name, at] of Object.entries(nodes)) {
+      const seen = Number(at);
+      if (name !== this.s.sync.name && Number.isFinite(seen)) peers.push({ name: name.slice(0, 200), seen });
     }
     this.peerList = peers;
   }

@@ -39,6 +39,15 @@ export interface RedisConn {
   close(): Promise<void>;
 }
 
+/** An HGETALL reply as an object, whichever shape the connection returned it in (flat array in RESP2, map in RESP3). */
+export function hashReply(reply: unknown): Record<string, string> {
+  if (!Array.isArray(reply)) return (reply ?? {}) as Record<string, string>;
+  // No prototype: a field another node named "constructor" or "__proto__" is just a field.
+  const h: Record<string, string> = Object.create(null) as Record<string, string>;
+  for (let i = 0; i + 1 < reply.length; i += 2) h[String(reply[i])] = String(reply[i + 1]);
+  return h;
+}
+
 /** Reconnection: 100 ms doubling up to 10 s, for ever (Redis may be down for hours; detection goes on meanwhile). */
 export function reconnectDelay(retries: number): number {
   return Math.min(100 * 2 ** Math.min(retries, 10), 10_000);

@@ -1,6 +1,6 @@
 import { normalizeIp } from '../detect/ip.ts';
 import type { FleetEvent, WireSchema } from './fleet-event.ts';
-import type { RedisConn } from './redis-connect.ts';
+import { hashReply, type RedisConn } from './redis-connect.ts';
 
 /*
  * PyFilter's schema, byte for byte (../shared/PYFILTER.md, "Redis"), so PyFilter and TSFilter nodes share bans:
@@ -29,17 +29,6 @@ export function parsePyfilterTime(s: string | undefined): number | null {
   if (!m) return null;
   const t = new Date(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!).getTime();
   return Number.isFinite(t) ? t : null;
-}
-
-type Hash = Record<string, string>;
-
-function toHash(reply: unknown): Hash {
-  if (Array.isArray(reply)) {
-    const h: Hash = {};
-    for (let i = 0; i + 1 < reply.length; i += 2) h[String(reply[i])] = String(reply[i + 1]);
-    return h;
-  }
-  return (reply ?? {}) as Hash;
 }
 
 export class PyfilterWire implements WireSchema {
@@ -90,7 +79,7 @@ export class PyfilterWire implements WireSchema {
     const rejected: string[] = [];
     const seen: [string, string][] = [];
     for (const key of keys) {
-      const h = toHash(await this.conn.cmd(['HGETALL', key], key));
+      const h = hashReply(await this.conn.cmd(['HGETALL', key], key));
       if (h[this.o.name] !== undefined) continue;
       const server = h.banned_server;
       const ip = normalizeIp(key);

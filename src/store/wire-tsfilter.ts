@@ -1,6 +1,6 @@
 import type { FleetState } from './fleet-state.ts';
 import { parseEvent, type FleetEvent, type WireSchema } from './fleet-event.ts';
-import type { RedisConn } from './redis-connect.ts';
+import { hashReply, type RedisConn } from './redis-connect.ts';
 
 /*
  * TSFilter's own schema. Every key carries the hash tag {<prefix>}, so in Cluster mode all of them live in one slot
@@ -89,9 +89,7 @@ export class TsfilterWire implements WireSchema {
     if (full || cursor === undefined || (await this.trimmedPast(cursor))) {
       // The id first, then the table: a change in between is in both (applied twice, harmlessly), never in neither.
       next = (await this.lastId()) ?? '0-0';
-      const all = (await this.conn.cmd(['HGETALL', this.bans], this.bans)) as string[] | Record<string, string>;
-      const values = Array.isArray(all) ? all.filter((_, i) => i % 2 === 1) : Object.values(all);
-      for (const v of values) take(v);
+      for (const v of Object.values(hashReply(await this.conn.cmd(['HGETALL', this.bans], this.bans)))) take(v);
     } else {
       const r = (await this.conn.cmd(['XRANGE', this.events, `(${cursor}`, '+', 'COUNT', String(BATCH)], this.events)) as [string, string[]][];
       for (const [id, fields] of r) {
