@@ -64,12 +64,8 @@ export function fleetState(db: Database.Database): FleetState {
     kvGet: (key) => s.kvGet.get(key)?.value,
     kvSet: (key, value) => void s.kvSet.run(key, value),
     version: (ip) => s.verGet.get(ip)?.at,
-    bumpVersion: (ip, at) => {
-      const cur = s.verGet.get(ip)?.at;
-      if (cur !== undefined && cur >= at) return false;
-      s.verSet.run(ip, at);
-      return true;
-    },
+    // The upsert's WHERE keeps a later version: no row changed means a later (or the same) change is known.
+    bumpVersion: (ip, at) => s.verSet.run(ip, at).changes > 0,
     report: (ip, node, at, since) => {
       s.report.run(ip, node, at);
       return s.reporters.get(ip, since)!.n;
