@@ -19,7 +19,8 @@ import { NftablesEnforcer } from './firewall/nftables.ts';
 import { IpsetEnforcer } from './firewall/ipset.ts';
 import { IptablesEnforcer } from './firewall/iptables.ts';
 import { FleetSync } from './store/fleet-sync.ts';
-import { findDatabase, GeoIp } from './geo/geoip.ts';
+import { findDatabase, GeoIp, type Country } from './geo/geoip.ts';
+import { countryOverrides, warnCountryPolicies } from './geo/country-policy.ts';
 import { banEvent } from './bans/ban-manager.ts';
 import { BlacklistFilesEnforcer, readBlacklistChanges, type BlacklistChanges } from './firewall/blacklist-files.ts';
 import type { Enforcer } from './firewall/types.ts';
@@ -148,9 +149,10 @@ function build(config: Config, logger: Logger): Built {
   return { config, rules, byName, matchers, ignore };
 }
 
-function newDetector(b: Built): TrackingDetector {
+function newDetector(b: Built, country: ((ip: string) => Country | null | undefined) | undefined): TrackingDetector {
   return createDetector({
     policies: new Map(b.rules.map((r) => [r.name, r.policy])),
+    overrides: countryOverrides(b.rules, country),
     ignore: b.ignore,
     maxTracked: b.config.maxTrackedIps,
     forgetAfter: b.config.forgetAfter,
@@ -235,11 +237,15 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
     // A short busy timeout: while another program holds the write lock, each attempt blocks the event loop this long.
     const store = openSqliteStore(initial.sqlitePath, { server: initial.serverName, busyTimeoutMs: STORE_BUSY_TIMEOUT_MS });
     opened = store;
-    let detector = newDetector(cur);
-    detector.load(store.loadCounters().filter((c) => cur.byName.has(c.rule)));
-    guard.start();
     const dbFile = findDatabase(initial.geoipDatabase, process.cwd());
     geo = dbFile === null ? undefined : await GeoIp.open(dbFile, logger);
+    // No usable database (missing, corrupt, not yet there): undefined, so no country, no sentence (as PyFilter
+    // without one) and no country policy.
+    const country = geo ? (ip: string) => (geo!.databaseType === null ? undefined : geo!.lookup(ip)) : undefined;
+    warnCountryPolicies(cur, geo, logger);
+    let detector = newDetector(cur, country);
+    detector.load(store.loadCounters().filter((c) => cur.byName.has(c.rule)));
+    guard.start();
     enforcers.push(createEnforcer(initial, logger));
     // PyFilter's Config/blacklist.v4/.v6: read before anything writes them (the sidecar tells deleted lines apart).
     const blacklistDir = pyfilterBlacklistDir(initial);
@@ -259,8 +265,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
       server: initial.serverName,
       logger,
       banLog: initial.logging.active ? new BanLog(initial.logging.directory) : undefined,
-      // No usable database (missing, corrupt, not yet there): no country and no sentence, as PyFilter without one.
-      country: geo ? (ip) => (geo!.databaseType === null ? undefined : (geo!.lookup(ip)?.name ?? null)) : undefined,
+      country,
       onChange:
         initial.database === 'redis'
           ? (ev) => {
@@ -479,7 +484,8 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
         if (stopping) throw new Error('the daemon is stopping');
         // Everything that can fail is built first; nothing is swapped in until it has all succeeded.
         const b = build(next, logger);
-        const nextDetector = newDetector(b);
+        const nextDetector = newDetector(b, country);
+        warnCountryPolicies(b, geo, logger);
         const protector =
           next.protectSessions !== cur.config.protectSessions ? new ProtectedAddresses({ protectSessions: next.protectSessions }) : undefined;
         for (const [name, get] of RESTART_ONLY) {

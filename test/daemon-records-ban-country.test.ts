@@ -25,6 +25,8 @@ test('with a GeoIP database, each ban records its country in the store, in list 
     await d.waitFor(/msg=banned ip=1\.2\.3\.4 /);
     const listed = runCli(['list', '--json', '--config', cfg]).stdout.trim().split('\n').map((l) => JSON.parse(l));
     assert.equal(listed.find((b) => b.ip === '81.2.69.142')?.country, 'United Kingdom');
+    assert.equal(listed.find((b) => b.ip === '81.2.69.142')?.country_code, 'GB', 'the ISO code beside the name');
+    assert.equal(listed.find((b) => b.ip === '1.2.3.4')?.country_code, null);
     assert.equal(listed.find((b) => b.ip === '1.2.3.4')?.country, null, 'an address the database does not know');
     await d.stop();
     const text = walk(path.join(dir, 'Logs')).map((f) => readFileSync(f, 'utf8')).join('');
@@ -44,4 +46,26 @@ test('without a GeoIP database the country stays empty and the sentence is left 
     const listed = runCli(['list', '--json', '--config', cfg]).stdout.trim().split('\n').map((l) => JSON.parse(l));
     assert.equal(listed[0].country, null);
     assert.doesNotMatch(listed[0].reason, /The IP was from/);
+  }));
+
+test('the daemon applies a rule\'s country policy: GB instantly, addresses without a country never; explain shows the code', () =>
+  withDaemonDir('tsf-geo-', async ({ dir, log, start }) => {
+    const cfg = sshConfig(dir, log, { geoip_database: path.join(SHARED, 'corpus/geoip/GeoLite2-Country-Test.mmdb') });
+    const c = JSON.parse(readFileSync(cfg, 'utf8'));
+    c.settings.rules.ssh.countries = { GB: 'instant', unknown: 'never' };
+    writeFileSync(cfg, JSON.stringify(c));
+    const d = start(cfg);
+    await d.waitFor(/msg=started/);
+    const t = Date.now();
+    let lines = '';
+    for (let i = 0; i < 10; i++) lines += failed(t + i, '1.2.3.4');
+    // 1.2.3.4 first: by the time GB's single failure is banned, all ten of its failures have been judged.
+    appendFileSync(log, lines + failed(t + 20, '81.2.69.142'));
+    await d.waitFor(/msg=banned ip=81\.2\.69\.142 /);
+    const listed = runCli(['list', '--json', '--config', cfg]).stdout.trim().split('\n').map((l) => JSON.parse(l));
+    assert.deepEqual(listed.map((b) => [b.ip, b.country_code, b.failures]), [['81.2.69.142', 'GB', 1]]);
+    const ex = runCli(['explain', '81.2.69.142', '--config', cfg]);
+    assert.equal(ex.code, 0, ex.stderr);
+    assert.match(ex.stdout, /country GB \(United Kingdom\)/);
+    assert.equal(JSON.parse(runCli(['explain', '81.2.69.142', '--json', '--config', cfg]).stdout).bans[0].country_code, 'GB');
   }));

@@ -9,6 +9,9 @@ test('a valid event parses, with its address canonical and its scope normalised'
   assert.ok('event' in r);
   assert.equal(r.event.ip, '2001:db8::7');
   assert.deepEqual(r.event.scope, { protocol: 'tcp', ports: [22, 443] });
+  assert.equal(r.event.countryCode, null, 'older nodes send no ISO code');
+  const c = parseEvent(JSON.stringify({ ...ok, country: 'United Kingdom', countryCode: 'GB' }), 16384);
+  assert.ok('event' in c && c.event.country === 'United Kingdom' && c.event.countryCode === 'GB');
   const u = parseEvent(JSON.stringify({ v: 1, kind: 'unban', ip: '198.51.100.0/24', node: 'B', at: 5 }), 16384);
   assert.ok('event' in u && u.event.kind === 'unban' && u.event.ip === '198.51.100.0/24');
 });
@@ -30,6 +33,8 @@ test('hostile or broken events are refused with the reason, never thrown', () =>
     [JSON.stringify({ ...ok, scope: { protocol: 'tcp', ports: [0] } }), /scope/],
     [JSON.stringify({ ...ok, scope: { protocol: 'tcp', ports: Array.from({ length: 16 }, (_, i) => i + 1) } }), /scope/],
     [JSON.stringify({ ...ok, reason: 'x'.repeat(20_000) }), /larger than/],
+    [JSON.stringify({ ...ok, countryCode: 'gb; drop' }), /countryCode/],
+    [JSON.stringify({ ...ok, countryCode: 44 }), /countryCode/],
   ];
   for (const [text, why] of cases) {
     const r = parseEvent(text as string, 16384);

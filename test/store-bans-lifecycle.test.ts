@@ -2,8 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { openSqliteStore, type SqliteStore } from '../src/store/sqlite-store.ts';
+import path, { join } from 'node:path';
+import { openSqliteStore, SCHEMA_VERSION, type SqliteStore } from '../src/store/sqlite-store.ts';
 import type { BanRecord } from '../src/store/types.ts';
 import Database from 'better-sqlite3';
 
@@ -235,4 +235,38 @@ test('a ban whose second write fails leaves nothing behind, alone or inside a tr
     assert.deepEqual(store.activeBans(T0).map((b) => b.ip), ['192.0.2.1']);
     assert.equal(mirrorRows(), 1);
   });
+});
+
+test('a store from before country codes (schema 3) upgrades in place: old bans keep their name, new ones store the ISO code', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'tsf-store-v3-'));
+  const file = path.join(dir, 'PyFilter.db');
+  try {
+    const s1 = openSqliteStore(file);
+    s1.addBan({ ip: '192.0.2.5', rule: 'ssh', reason: 'r', createdAt: 1000, expiresAt: null, failures: 5, origin: 'local', server: 's', country: 'France' });
+    s1.close();
+    const raw = new Database(file);
+    raw.exec('ALTER TABLE bans DROP COLUMN country_code');
+    raw.pragma('user_version = 3');
+    raw.close();
+    const s2 = openSqliteStore(file);
+    const old = s2.activeBan('192.0.2.5', 2000)!;
+    assert.equal(old.country, 'France');
+    assert.equal(old.countryCode, undefined);
+    s2.addBan({ ip: '192.0.2.6', rule: 'ssh', reason: 'r', createdAt: 1000, expiresAt: null, failures: 5, origin: 'local', server: 's', country: 'United Kingdom', countryCode: 'GB' });
+    assert.throws(
+      () => s2.addBan({ ip: '192.0.2.7', rule: 'ssh', reason: 'r', createdAt: 1000, expiresAt: null, failures: 5, origin: 'local', server: 's', countryCode: 'gbr' }),
+      /countryCode must be an ISO 3166-1 alpha-2 code/,
+    );
+    s2.close();
+    const s3 = openSqliteStore(file, { readonly: true });
+    assert.equal(s3.activeBan('192.0.2.6', 2000)?.countryCode, 'GB');
+    assert.equal(s3.activeBans(2000).find((b) => b.ip === '192.0.2.6')?.countryCode, 'GB');
+    assert.equal(s3.history('192.0.2.6')[0]?.countryCode, 'GB');
+    s3.close();
+    const check = new Database(file, { readonly: true });
+    assert.equal(check.pragma('user_version', { simple: true }), SCHEMA_VERSION);
+    check.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

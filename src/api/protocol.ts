@@ -134,7 +134,10 @@ export interface ListedBan {
   since: string;
   expires: string | null;
   ban_count: number;
+  /** English name, as PyFilter records it. */
   country: string | null;
+  /** ISO 3166-1 alpha-2, e.g. "GB". */
+  country_code: string | null;
   origin: string;
   failures: number;
   /** "tcp:22,443" when only those ports are blocked; "all" otherwise. */
@@ -152,6 +155,7 @@ export function toListed(b: BanRecord): ListedBan {
     expires: b.expiresAt === null ? null : new Date(b.expiresAt).toISOString(),
     ban_count: b.banCount,
     country: b.country ?? null,
+    country_code: b.countryCode ?? null,
     origin: b.origin,
     failures: b.failures,
     blocks: formatScope(b.scope) ?? 'all',

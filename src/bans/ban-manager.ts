@@ -3,6 +3,7 @@ import type { Enforcer, Enforcement, PortScope } from '../firewall/types.ts';
 import { canonicalTarget, normalizeSource, prefixOf, targetContains, type Target } from '../firewall/target.ts';
 import type { BanRecord, Store } from '../store/types.ts';
 import type { FleetEvent } from '../store/fleet-event.ts';
+import type { Country } from '../geo/geoip.ts';
 import type { Logger } from '../util/logger.ts';
 import { BanLog, banMessage, countrySentence } from './ban-log.ts';
 import { banDuration } from './duration.ts';
@@ -24,8 +25,8 @@ export interface BanManagerOptions {
    * node does by itself), inside the store transaction that makes it, so the event is as durable as the change.
    */
   onChange?: (ev: FleetEvent) => void;
-  /** GeoIP: the English name of an address's country (null: unknown; undefined: no usable database right now). */
-  country?: (ip: string) => string | null | undefined;
+  /** GeoIP: an address's country (null: unknown; undefined: no usable database right now). */
+  country?: (ip: string) => Country | null | undefined;
   /** Called after an address is banned or unbanned by hand (the daemon: detector.forget). */
   forget?: (ip: string) => void;
   /** Seconds for a rule's bans; <= 0 is permanent. */
@@ -70,7 +71,7 @@ function widen(a: PortScope | null | undefined, b: PortScope | null | undefined)
 export function banEvent(b: BanRecord): FleetEvent {
   return {
     v: 1, kind: 'ban', ip: b.ip, node: b.server, at: b.createdAt, rule: b.rule, reason: b.reason, createdAt: b.createdAt,
-    expiresAt: b.expiresAt, scope: b.scope ?? null, country: b.country ?? null,
+    expiresAt: b.expiresAt, scope: b.scope ?? null, country: b.country ?? null, countryCode: b.countryCode ?? null,
   };
 }
 
@@ -191,6 +192,17 @@ export class BanManager {
     return this.o.ignore.has(t.text) ? 'an ignored or protected address' : null;
   }
 
+  /** The store's country fields for an address (none for a prefix, or without a usable GeoIP database). */
+  private countryFields(ip: string | undefined): { country: string | null; countryCode: string | null } {
+    const c = ip === undefined ? null : (this.o.country?.(ip) ?? null);
+    return { country: c?.name ?? null, countryCode: c?.iso ?? null };
+  }
+
+  private countryName(ip: string): string | null | undefined {
+    const c = this.o.country?.(ip);
+    return c === undefined ? undefined : (c?.name ?? null);
+  }
+
   private scopeOf(rule: string): PortScope | null {
     return this.o.scope?.(rule) ?? null;
   }
@@ -267,7 +279,7 @@ export class BanManager {
     if (this.coveringPrefix(d.ip, scope, now) !== undefined) return null;
     const country = this.o.country?.(d.ip);
     const record = this.push(d.ip, d.rule, now, scope, replaces, d.instant, {
-      reason: banMessage(d.ip, d.rule, this.o.failedAttempts(d.rule), d.instant, country),
+      reason: banMessage(d.ip, d.rule, this.o.failedAttempts(d.rule), d.instant, country === undefined ? undefined : (country?.name ?? null)),
       country: country ?? null,
       failures: d.failures,
       lines: d.lines,
@@ -284,7 +296,7 @@ export class BanManager {
     scope: PortScope | null,
     replaces: boolean,
     instant: boolean,
-    what: { reason: string; failures: number; lines?: string[]; country?: string | null },
+    what: { reason: string; failures: number; lines?: string[]; country: Country | null },
   ): BanRecord {
     const unstored = this.pendingIps.get(ip);
     const previous = this.o.store.banCount(ip) + (unstored?.count ?? 0);
@@ -298,7 +310,8 @@ export class BanManager {
       failures: what.failures,
       origin: 'local',
       server: this.o.server,
-      country: what.country ?? null,
+      country: what.country?.name ?? null,
+      countryCode: what.country?.iso ?? null,
       lines: what.lines,
     };
     if (scope) input.scope = scope;
@@ -337,6 +350,7 @@ export class BanManager {
       reason: `Subnet ${prefix.text} banned: ${addresses.length} of its addresses were banned via ${rule} within ${this.o.subnetBans!.findTime} s.`,
       failures: addresses.length,
       lines: addresses.map((a) => `banned ${a}`),
+      country: null,
     });
   }
 
@@ -598,7 +612,7 @@ export class BanManager {
       failures: 0,
       origin: 'manual',
       server: this.o.server,
-      country: target.isPrefix ? null : (this.o.country?.(ip) ?? null),
+      ...this.countryFields(target.isPrefix ? undefined : ip),
     };
     let replaced = false;
     const { record } = this.o.store.transaction(() => {
@@ -706,7 +720,9 @@ export class BanManager {
         if (active) this.o.store.removeBan(ip, now, `replaced by a ban from ${ev.node}`);
         const input: BanInput = {
           ip, rule: ev.rule ?? 'remote', reason: ev.reason ?? '', createdAt: ev.createdAt ?? ev.at, expiresAt: ev.expiresAt ?? null,
-          failures: 0, origin: 'remote', server: ev.node, country: ev.country ?? (t.isPrefix ? null : (this.o.country?.(ip) ?? null)),
+          failures: 0, origin: 'remote', server: ev.node,
+          // The banning node's country, else our own lookup (PyFilter nodes send only a name).
+          ...(ev.country ? { country: ev.country, countryCode: ev.countryCode ?? null } : this.countryFields(t.isPrefix ? undefined : ip)),
         };
         if (scope) input.scope = scope;
         const { added, record } = this.o.store.addBan(input);
@@ -720,7 +736,7 @@ export class BanManager {
     for (const b of announced) {
       this.o.logger.info('banned', { ip: b.ip, rule: b.rule, origin: 'remote', node: b.server, until: b.expiresAt === null ? 'permanent' : new Date(b.expiresAt).toISOString() });
       try {
-        this.o.banLog?.write(`Found IP: ${b.ip} from server: ${b.server} - Blacklisting.${countrySentence(b.country ?? this.o.country?.(b.ip))}`);
+        this.o.banLog?.write(`Found IP: ${b.ip} from server: ${b.server} - Blacklisting.${countrySentence(b.country ?? this.countryName(b.ip))}`);
       } catch (e) {
         this.o.logger.warn('cannot write the ban log', { error: (e as Error).message });
       }

@@ -163,7 +163,7 @@ export async function listCommand(config: Config, o: { json?: boolean }, out: Ou
   }
   const rows = [['IP', 'RULE', 'BLOCKS', 'ORIGIN', 'NODE', 'SINCE', 'EXPIRES', 'BANS', 'COUNTRY', 'REASON']];
   for (const b of bans) {
-    rows.push([b.ip, b.rule, b.blocks ?? 'all', b.origin, b.node ?? '-', b.since, b.expires ?? 'permanent', String(b.ban_count), b.country ?? '-', JSON.stringify(b.reason).slice(1, -1)]);
+    rows.push([b.ip, b.rule, b.blocks ?? 'all', b.origin, b.node ?? '-', b.since, b.expires ?? 'permanent', String(b.ban_count), b.country_code ?? b.country ?? '-', JSON.stringify(b.reason).slice(1, -1)]);
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
   for (const row of rows) out(row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  '));

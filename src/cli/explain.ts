@@ -22,6 +22,7 @@ interface ExplainedBan {
   origin: string;
   node: string;
   country: string | null;
+  country_code: string | null;
   since: string;
   expires: string | null;
   /** Seconds the ban was set to last; null: permanent. Growing from one ban to the next: escalation. */
@@ -43,6 +44,7 @@ function explained(b: StoredBan, now: number): ExplainedBan {
     origin: b.origin,
     node: b.server,
     country: b.country ?? null,
+    country_code: b.countryCode ?? null,
     since: new Date(b.createdAt).toISOString(),
     expires: b.expiresAt === null ? null : new Date(b.expiresAt).toISOString(),
     duration_s: b.expiresAt === null ? null : Math.round((b.expiresAt - b.createdAt) / 1000),
@@ -54,6 +56,11 @@ function explained(b: StoredBan, now: number): ExplainedBan {
     reason: b.reason,
     lines: b.lines ?? [],
   };
+}
+
+function countryText(code: string | null, name: string | null): string {
+  if (code && name && name !== code) return `, country ${code} (${name})`;
+  return code || name ? `, country ${code ?? name}` : '';
 }
 
 export function explainCommand(config: Config, ipText: string, o: { json?: boolean }, out: Out): void {
@@ -81,7 +88,7 @@ export function explainCommand(config: Config, ipText: string, o: { json?: boole
     for (const b of bans) {
       const state = b.active ? 'ACTIVE' : b.ended ? `ended ${b.ended} (${b.end_reason ?? 'expired'})` : 'expired';
       out(`ban ${b.ban_count} of ${ip}: ${state}`);
-      out(`  rule ${b.rule}, origin ${b.origin}, node ${b.node}${b.country ? `, country ${b.country}` : ''}, blocks ${b.blocks}`);
+      out(`  rule ${b.rule}, origin ${b.origin}, node ${b.node}${countryText(b.country_code, b.country)}, blocks ${b.blocks}`);
       out(`  since ${b.since}, ${b.expires === null ? 'permanent' : `until ${b.expires} (${b.duration_s} s)`}`);
       out(`  ${b.failures} failure(s): ${b.reason}`);
       for (const l of b.lines) out(`    | ${l}`);

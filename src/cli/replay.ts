@@ -9,6 +9,8 @@ import { Pipeline } from '../pipeline.ts';
 import { readLines } from '../sources/read-lines.ts';
 import { silentLogger, type Logger } from '../util/logger.ts';
 import type { BanDecision } from '../detect/types.ts';
+import type { Country } from '../geo/geoip.ts';
+import { countryOverrides } from '../geo/country-policy.ts';
 
 /** A ban the replay would make: the detector's decision that the ban manager accepted. */
 export type ReplayBan = BanDecision;
@@ -27,7 +29,14 @@ export interface ReplayResult {
 export function replay(
   config: Config,
   files: string[],
-  opts: { rule?: string; warn?: Logger; onBan?: (b: ReplayBan) => void; now?: number } = {},
+  opts: {
+    rule?: string;
+    warn?: Logger;
+    onBan?: (b: ReplayBan) => void;
+    now?: number;
+    /** GeoIP, for the rules' country policies and the bans' countries. */
+    country?: (ip: string) => Country | null | undefined;
+  } = {},
 ): ReplayResult {
   const rules = selectRules(config, opts.rule);
   const log = opts.warn ?? silentLogger;
@@ -35,6 +44,7 @@ export function replay(
   const ignore = IgnoreList.parse(config.ignoredIps);
   const detector = createDetector({
     policies: new Map(rules.map((r) => [r.name, r.policy])),
+    overrides: countryOverrides(rules, opts.country),
     ignore,
     maxTracked: config.maxTrackedIps,
     forgetAfter: config.forgetAfter,
@@ -50,6 +60,7 @@ export function replay(
     server: config.serverName,
     logger: silentLogger,
     useEventTime: true,
+    country: opts.country,
   });
   const bans: ReplayBan[] = [];
   const pipeline = new Pipeline(detector, (d: BanDecision) => {

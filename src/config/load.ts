@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { z } from 'zod';
+import type { CountryPolicy } from '../geo/country-policy.ts';
 import { configSchema, ruleSchema, RULE_KNOWN_KEYS, type RawConfig, type RawRule } from './schema.ts';
 import type { RuleConfig } from '../rules/types.ts';
 import { PatternError } from '../rules/types.ts';
@@ -45,6 +46,8 @@ export interface RuleSettings {
   banTime: number;
   /** What this rule's bans block: null is all traffic from the address. */
   scope: PortScope | null;
+  /** The rule's country policy (needs GeoIP), or null. */
+  countries: CountryPolicy | null;
 }
 
 /** The validated, normalised configuration the daemon runs on. */
@@ -283,5 +286,6 @@ function normaliseRule(name: string, r: RawRule, raw: RawConfig): RuleSettings {
     policy,
     banTime: r.ban_time ?? s.ban_time,
     scope: r.ports && r.ports.length > 0 ? { protocol: r.protocol, ports: [...new Set(r.ports)].sort((a, b) => a - b) } : null,
+    countries: r.countries && Object.keys(r.countries).length > 0 ? r.countries : null,
   };
 }

@@ -41,6 +41,37 @@ const patternItem = z.union(
   },
 );
 
+const countryAction = z.union(
+  [
+    z.enum(['instant', 'never', 'default']),
+    z
+      .number()
+      .int({ error: 'expected a whole number of failed attempts (1-1000)' })
+      .min(1, { error: 'expected a number of failed attempts of at least 1 ("never" stops bans)' })
+      .max(1000, { error: 'expected at most 1000 failed attempts' }),
+  ],
+  { error: 'expected "instant", "never", "default" or a number of failed attempts (1-1000)' },
+);
+
+/** Keys are ISO 3166-1 alpha-2 codes (upper-cased here), "*" or "unknown". */
+const countryPolicy = z
+  .record(z.string(), countryAction)
+  .superRefine((rec, ctx) => {
+    for (const key of Object.keys(rec)) {
+      if (key === '*' || key === 'unknown' || /^[A-Za-z]{2}$/.test(key)) continue;
+      ctx.addIssue({
+        code: 'custom',
+        path: [key],
+        message: `expected an ISO 3166-1 alpha-2 country code (e.g. "CN"), "*" (every other country) or "unknown", got ${JSON.stringify(key)}`,
+      });
+    }
+  })
+  .transform((rec) => {
+    const out: Record<string, z.infer<typeof countryAction>> = {};
+    for (const [k, v] of Object.entries(rec)) out[k === '*' || k === 'unknown' ? k : k.toUpperCase()] = v;
+    return out;
+  });
+
 const logFiles = z.union([z.string(), z.array(z.string())], {
   error: 'expected a path or glob, or a list of them ("" disables the rule\'s files)',
 });
@@ -93,6 +124,14 @@ const ruleKnownKeys = {
     .enum(['tcp', 'udp'], { error: 'expected "tcp" or "udp"' })
     .default('tcp')
     .describe('The protocol of `ports`.'),
+  countries: countryPolicy
+    .optional()
+    .describe(
+      'Country policy (needs a GeoIP database): ISO country code -> "instant" (the first failure bans), a number ' +
+        '(replaces failed_attempts), "never" (never banned by this rule) or "default"; "*" is every other country, ' +
+        '"unknown" an address without one. E.g. {"CN": "instant", "RU": 2, "GB": "never"}; ' +
+        '{"FR": "default", "*": "never"} bans only addresses from FR. Without a usable database the rule counts as if it had no policy.',
+    ),
 };
 
 /** Keys of a rule other than the known ones must be lists of strings, usable as `[pattern, "<key>"]` (e.g. urls). */

@@ -22,6 +22,19 @@ export interface DetectorOptions {
   forgetAfter: number;
   /** Policy for a rule that `policies` does not name; PyFilter's defaults when absent. */
   defaultPolicy?: CountingPolicy;
+  /** Per-address changes to a rule's threshold (the rule's country policy), by rule name. */
+  overrides?: ReadonlyMap<string, ThresholdOverride>;
+}
+
+/**
+ * Changes a rule's threshold for some addresses: `limitFor` answers a number of failures that replaces the rule's
+ * failedAttempts (counted the rule's way), 'instant' (the first failure bans), 'never' (the address's failures do
+ * not count), or undefined (the rule's own threshold). `maxLimit` is the largest number it can answer, which sizes
+ * the per-entry rings.
+ */
+export interface ThresholdOverride {
+  maxLimit: number;
+  limitFor(ip: string): number | 'instant' | 'never' | undefined;
 }
 
 /** Shared by every gap-mode entry (gap mode never writes `times`): one less array per entry. */
@@ -61,26 +74,30 @@ class RuleState {
   readonly idleMs: number;
   /** Evidence lines kept per entry. */
   readonly lineCap: number;
+  /** The highest threshold any address can have (failedAttempts unless an override raises it): ring sizes. */
+  readonly maxLimit: number;
   readonly entries = new Map<string, Entry>();
 
   constructor(
     readonly name: string,
     policy: CountingPolicy,
     forgetMs: number,
+    readonly override: ThresholdOverride | null = null,
   ) {
     validatePolicy(name, policy);
     this.mode = policy.mode === 'window' ? WINDOW : GAP;
     this.failedAttempts = policy.failedAttempts;
+    this.maxLimit = Math.max(policy.failedAttempts, override?.maxLimit ?? 0);
     this.requestMs = policy.requestTime * 1000;
     this.findMs = policy.findTime * 1000;
     if (this.mode === GAP) {
       // Never forget an entry while its next failure could still count (forgetAfter < requestTime would do that).
       this.idleMs = Math.max(forgetMs, this.requestMs);
-      this.lineCap = Math.min(this.failedAttempts + 1, MAX_EVIDENCE_LINES);
+      this.lineCap = Math.min(this.maxLimit + 1, MAX_EVIDENCE_LINES);
     } else {
       // Once every failure has left the window the entry holds nothing that can count again.
       this.idleMs = Math.min(forgetMs, this.findMs);
-      this.lineCap = Math.min(this.failedAttempts, MAX_EVIDENCE_LINES);
+      this.lineCap = Math.min(this.maxLimit, MAX_EVIDENCE_LINES);
     }
   }
 }
@@ -117,7 +134,7 @@ class Entry {
   last: number;
   /** gap: PyFilter's amount. window: timestamps held in `times`. */
   amount = 0;
-  /** window: ring of failure times, oldest at `tStart`; at most failedAttempts long. Empty in gap mode. */
+  /** window: ring of failure times, oldest at `tStart`; at most rule.maxLimit long. Empty in gap mode. */
   times: number[];
   tStart = 0;
   /** Ring of evidence lines, oldest at `lStart`, at most rule.lineCap long (grows as needed). */
@@ -154,7 +171,7 @@ class Entry {
   }
 
   pushTime(t: number): void {
-    const cap = this.rule.failedAttempts;
+    const cap = this.rule.maxLimit;
     const ts = this.times;
     if (ts.length < cap) {
       ts.push(t);
@@ -216,7 +233,9 @@ class Detector implements TrackingDetector {
     this.forgetMs = opts.forgetAfter * 1000;
     this.defaultPolicy = opts.defaultPolicy ?? DEFAULT_POLICY;
     if (opts.defaultPolicy) validatePolicy('(default)', opts.defaultPolicy);
-    for (const [name, policy] of opts.policies) this.rules.set(name, new RuleState(name, policy, this.forgetMs));
+    for (const [name, policy] of opts.policies) {
+      this.rules.set(name, new RuleState(name, policy, this.forgetMs, opts.overrides?.get(name) ?? null));
+    }
     this.configured = new Set(opts.policies.keys());
   }
 
@@ -257,7 +276,14 @@ class Detector implements TrackingDetector {
     const ip = m.ip;
     if (this.ignore.has(ip)) return null;
     const rs = this.rules.get(m.rule) ?? this.ruleFor(m.rule);
-    const kind = m.kind;
+    let kind = m.kind;
+    let limit = rs.failedAttempts;
+    if (rs.override !== null && kind !== 'success') {
+      const o = rs.override.limitFor(ip);
+      if (o === 'never') return null;
+      if (o === 'instant') kind = 'instant';
+      else if (o !== undefined) limit = o;
+    }
 
     if (kind === 'failure') {
       let e = rs.entries.get(ip);
@@ -268,7 +294,7 @@ class Detector implements TrackingDetector {
         e = undefined;
       }
       if (e === undefined) {
-        if (rs.mode === WINDOW && rs.failedAttempts === 1) {
+        if (rs.mode === WINDOW && limit === 1) {
           return { ip, rule: rs.name, time: t, failures: 1, instant: false, lines: [evidence(m.line)] };
         }
         this.create(rs, ip, t, m.line);
@@ -286,24 +312,27 @@ class Detector implements TrackingDetector {
         }
         e.amount++;
         e.pushLine(m.line);
-        if (e.amount >= rs.failedAttempts) return this.banned(e, t, e.amount + 1);
+        if (e.amount >= limit) return this.banned(e, t, e.amount + 1);
         this.touch(e);
         return null;
       }
-      // Window: ban when the last failedAttempts failures all lie within findTime of this one.
+      // Window: ban when the last `limit` failures all lie within findTime of this one. The ring holds the newest
+      // `amount` times (oldest at tStart); only its newest `limit` count when an override lowered the threshold.
       e.pushTime(t);
       e.pushLine(m.line);
-      if (e.amount >= rs.failedAttempts) {
+      if (e.amount >= limit) {
         const ts = e.times;
+        const len = ts.length;
         const from = t - rs.findMs;
         let all = true;
-        for (let i = 0; i < ts.length; i++) {
+        for (let k = len - limit; k < len; k++) {
+          const i = e.tStart + k < len ? e.tStart + k : e.tStart + k - len;
           if (ts[i]! < from) {
             all = false;
             break;
           }
         }
-        if (all) return this.banned(e, t, rs.failedAttempts);
+        if (all) return this.banned(e, t, limit);
       }
       this.touch(e);
       return null;
@@ -409,13 +438,13 @@ class Detector implements TrackingDetector {
       const e = this.insert(rs, detach(s.ip), s.updatedAt);
       if (rs.mode === GAP) {
         // A count at or above the threshold (failedAttempts lowered since) would ban on the next counted failure.
-        e.amount = Math.min(parsed.a as number, rs.failedAttempts - 1);
+        e.amount = Math.min(parsed.a as number, rs.maxLimit - 1);
         e.last = parsed.t as number;
       } else {
         e.times.length = 0;
         e.amount = 0;
         const ts = parsed.t as number[];
-        for (let i = Math.max(0, ts.length - rs.failedAttempts); i < ts.length; i++) e.pushTime(ts[i]!);
+        for (let i = Math.max(0, ts.length - rs.maxLimit); i < ts.length; i++) e.pushTime(ts[i]!);
       }
       e.persisted = true;
       loaded++;

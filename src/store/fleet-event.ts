@@ -18,6 +18,8 @@ export interface FleetEvent {
   expiresAt?: number | null;
   scope?: PortScope | null;
   country?: string | null;
+  /** ISO 3166-1 alpha-2; absent from older nodes and PyFilter's schema. */
+  countryCode?: string | null;
 }
 
 const NAME = /^[^\u0000-\u001f\u007f]{1,200}$/;
@@ -49,6 +51,9 @@ export function parseEvent(text: string, maxBytes: number): { event: FleetEvent 
   if (typeof j.createdAt !== 'number' || !Number.isFinite(j.createdAt)) return { error: 'createdAt must be a time in ms' };
   if (j.expiresAt !== null && (typeof j.expiresAt !== 'number' || !Number.isFinite(j.expiresAt))) return { error: 'expiresAt must be a time in ms or null' };
   if (j.country !== undefined && j.country !== null && (typeof j.country !== 'string' || j.country.length > 100)) return { error: 'country must be a short string or null' };
+  if (j.countryCode !== undefined && j.countryCode !== null && (typeof j.countryCode !== 'string' || !/^[A-Z]{2}$/.test(j.countryCode))) {
+    return { error: 'countryCode must be an ISO 3166-1 alpha-2 code or null' };
+  }
   let scope: PortScope | null = null;
   if (j.scope !== undefined && j.scope !== null) {
     const sc = j.scope as { protocol?: unknown; ports?: unknown };
@@ -64,7 +69,7 @@ export function parseEvent(text: string, maxBytes: number): { event: FleetEvent 
     }
     scope = { protocol: sc.protocol, ports: [...new Set(ports as number[])].sort((a, b) => a - b) };
   }
-  Object.assign(ev, { rule: j.rule, reason: j.reason, createdAt: j.createdAt, expiresAt: j.expiresAt, scope, country: (j.country as string | null | undefined) ?? null });
+  Object.assign(ev, { rule: j.rule, reason: j.reason, createdAt: j.createdAt, expiresAt: j.expiresAt, scope, country: (j.country as string | null | undefined) ?? null, countryCode: (j.countryCode as string | null | undefined) ?? null });
   return { event: ev };
 }
 

@@ -7,14 +7,14 @@
  * connection, not per statement, so a lone setPosition also costs one fsync: the daemon is expected to wrap the
  * positions, counters and bans of one batch of lines in a single `transaction()` (one fsync per batch).
  *
- * Schema (version 3, kept in `PRAGMA user_version`; `MIGRATIONS[i]` upgrades version i to i + 1, so a later version
+ * Schema (version 4, kept in `PRAGMA user_version`; `MIGRATIONS[i]` upgrades version i to i + 1, so a later version
  * adds a function to the list and never edits an old one):
  *
  *   banned_ip(id INTEGER PRIMARY KEY, ip text, time_banned integer, server_name text, log_msg text, country text)
  *     PyFilter's table, byte for byte. time_banned is Unix seconds.
  *   bans(id INTEGER PRIMARY KEY, ip, rule, reason, created_at ms, expires_at ms | NULL = permanent, failures,
  *        ban_count, origin, server, country, lines JSON | NULL, ended_at ms | NULL, end_reason | NULL,
- *        banned_ip_id, scope 'tcp:22,443' | NULL = all traffic)   every ban ever; history is never deleted. A ban is "open" while ended_at IS NULL and
+ *        banned_ip_id, scope 'tcp:22,443' | NULL = all traffic, country_code ISO 3166 alpha-2 | NULL)   every ban ever; history is never deleted. A ban is "open" while ended_at IS NULL and
  *                        "active" at t while open and (expires_at IS NULL OR expires_at > t).
  *   positions(key PRIMARY KEY, inode, "offset", fingerprint, cursor, updated_at ms)
  *   counters(rule, ip, state, updated_at ms, PRIMARY KEY (rule, ip))
@@ -46,7 +46,7 @@ import { FLEET_TABLES, fleetState, type FleetState } from './fleet-state.ts';
 import type { BanOrigin, BanRecord, CounterState, Store } from './types.ts';
 
 /** The schema version this code writes. A file with a higher `user_version` is refused. */
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 /** `PRAGMA application_id` of a TSFilter store ('TSFI'). PyFilter's files have 0, which is accepted. */
 export const APPLICATION_ID = 0x54534649;
 /** The server name PyFilter writes into banned_ip.server_name. */
@@ -93,14 +93,14 @@ export class StoreError extends Error {
 /** The columns every ban query selects, in this order; rows are read in raw (array) mode, which is about twice as fast
  * as better-sqlite3's object rows for activeBans() over 100k bans. */
 const BAN_COLUMNS =
-  'id, ip, rule, reason, created_at, expires_at, failures, ban_count, origin, server, country, lines, ended_at, end_reason, banned_ip_id, scope';
-type RawBan = [number, string, string, string, number, number | null, number, number, string, string, string | null, string | null, number | null, string | null, number | null, string | null];
+  'id, ip, rule, reason, created_at, expires_at, failures, ban_count, origin, server, country, lines, ended_at, end_reason, banned_ip_id, scope, country_code';
+type RawBan = [number, string, string, string, number, number | null, number, number, string, string, string | null, string | null, number | null, string | null, number | null, string | null, string | null];
 
 function fromRaw(a: RawBan): BanRow {
   return {
     id: a[0], ip: a[1], rule: a[2], reason: a[3], created_at: a[4], expires_at: a[5], failures: a[6], ban_count: a[7],
     origin: a[8], server: a[9], country: a[10], lines: a[11], ended_at: a[12], end_reason: a[13], banned_ip_id: a[14],
-    scope: a[15],
+    scope: a[15], country_code: a[16],
   };
 }
 
@@ -109,6 +109,7 @@ function recordFromRaw(a: RawBan): BanRecord {
     ip: a[1], rule: a[2], reason: a[3], createdAt: a[4], expiresAt: a[5], failures: a[6], banCount: a[7],
     origin: a[8] as BanOrigin, server: a[9], country: a[10],
   };
+  if (a[16] !== null) rec.countryCode = a[16];
   const lines = parseLines(a[11]);
   if (lines !== undefined) rec.lines = lines;
   const scope = parseScope(a[15]);
@@ -133,6 +134,7 @@ interface BanRow {
   end_reason: string | null;
   banned_ip_id: number | null;
   scope: string | null;
+  country_code: string | null;
 }
 
 interface LegacyRow {
@@ -198,6 +200,11 @@ const MIGRATIONS: ((db: Db) => void)[] = [
   (db) => {
     db.exec(FLEET_TABLES);
   },
+  // 3 -> 4. The country's ISO code beside its English name (`country`, which PyFilter's banned_ip also has): codes
+  // are what policies, filters and other tools use. Older rows keep only the name; no lookup is made to fill them.
+  (db) => {
+    db.exec('ALTER TABLE bans ADD COLUMN country_code TEXT');
+  },
 ];
 
 if (MIGRATIONS.length !== SCHEMA_VERSION) throw new Error('store: MIGRATIONS does not match SCHEMA_VERSION');
@@ -253,6 +260,7 @@ function toRecord(r: BanRow): BanRecord {
     server: r.server,
     country: r.country,
   };
+  if (r.country_code !== null) rec.countryCode = r.country_code;
   const lines = parseLines(r.lines);
   if (lines !== undefined) rec.lines = lines;
   const scope = parseScope(r.scope);
@@ -284,6 +292,9 @@ function checkBan(ban: Omit<BanRecord, 'banCount'>): void {
   checkTime('ban expiresAt', ban.expiresAt, true);
   checkTime('ban failures', ban.failures, false);
   if (ban.country !== undefined && ban.country !== null) checkString('ban country', ban.country, true);
+  if (ban.countryCode !== undefined && ban.countryCode !== null && !/^[A-Z]{2}$/.test(ban.countryCode)) {
+    throw new TypeError(`store: ban countryCode must be an ISO 3166-1 alpha-2 code such as "GB", got ${String(ban.countryCode)}`);
+  }
   if (ban.scope && (parseScope(formatScope(ban.scope)) === null || ban.scope.ports.some((p) => !Number.isInteger(p)))) {
     throw new TypeError('store: ban scope must be { protocol: "tcp" | "udp", ports: [1..65535] }');
   }
@@ -423,9 +434,9 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
       'INSERT INTO banned_ip (ip, time_banned, server_name, log_msg, country) VALUES (?, ?, ?, ?, ?)',
     ),
     deleteMirror: db.prepare<[number, string]>('DELETE FROM banned_ip WHERE id = ? AND ip = ?'),
-    insertBan: db.prepare<[string, string, string, number, number | null, number, number, string, string, string | null, string | null, number | bigint, string | null]>(`
-      INSERT INTO bans (ip, rule, reason, created_at, expires_at, failures, ban_count, origin, server, country, lines, banned_ip_id, scope)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+    insertBan: db.prepare<[string, string, string, number, number | null, number, number, string, string, string | null, string | null, number | bigint, string | null, string | null]>(`
+      INSERT INTO bans (ip, rule, reason, created_at, expires_at, failures, ban_count, origin, server, country, lines, banned_ip_id, scope, country_code)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
     endBan: db.prepare<[number, string, number]>('UPDATE bans SET ended_at = ?, end_reason = ? WHERE id = ?'),
     getPos: db.prepare<[string], { inode: number; offset: number; fingerprint: string; cursor: string | null }>(
       'SELECT inode, "offset" AS offset, fingerprint, cursor FROM positions WHERE key = ?',
@@ -510,13 +521,14 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
           s.insertBan.run(
             ban.ip, ban.rule, ban.reason, ban.createdAt, ban.expiresAt, ban.failures, banCount, ban.origin, server,
             country, ban.lines === undefined ? null : JSON.stringify(ban.lines), mirror.lastInsertRowid,
-            formatScope(ban.scope),
+            formatScope(ban.scope), ban.countryCode ?? null,
           );
           const record: BanRecord = {
             ip: ban.ip, rule: ban.rule, reason: ban.reason, createdAt: ban.createdAt, expiresAt: ban.expiresAt,
             failures: ban.failures, banCount, origin: ban.origin, server, country,
           };
           if (ban.scope) record.scope = { protocol: ban.scope.protocol, ports: [...ban.scope.ports] };
+          if (ban.countryCode) record.countryCode = ban.countryCode;
           if (ban.lines !== undefined) record.lines = [...ban.lines];
           return { added: true, record };
         });

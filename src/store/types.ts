@@ -16,7 +16,10 @@ export interface BanRecord {
   banCount: number;
   origin: BanOrigin;
   server: string;
+  /** The country's English name (as PyFilter records it), from GeoIP. */
   country?: string | null;
+  /** The country's ISO 3166-1 alpha-2 code, e.g. "GB". */
+  countryCode?: string | null;
   /** The log lines that earned it. */
   lines?: string[];
   /** Only these ports are blocked (the rule's `ports`); absent or null: all traffic. */
