@@ -52,7 +52,7 @@ test('the daemon applies a rule\'s country policy: GB instantly, addresses witho
   withDaemonDir('tsf-geo-', async ({ dir, log, start }) => {
     const cfg = sshConfig(dir, log, { geoip_database: path.join(SHARED, 'corpus/geoip/GeoLite2-Country-Test.mmdb') });
     const c = JSON.parse(readFileSync(cfg, 'utf8'));
-    c.settings.rules.ssh.countries = { GB: 'instant', unknown: 'never' };
+    c.settings.rules.ssh.countries = { GB: 'instant', SE: 2, unknown: 'never' };
     writeFileSync(cfg, JSON.stringify(c));
     const d = start(cfg);
     await d.waitFor(/msg=started/);
@@ -60,10 +60,12 @@ test('the daemon applies a rule\'s country policy: GB instantly, addresses witho
     let lines = '';
     for (let i = 0; i < 10; i++) lines += failed(t + i, '1.2.3.4');
     // 1.2.3.4 first: by the time GB's single failure is banned, all ten of its failures have been judged.
-    appendFileSync(log, lines + failed(t + 20, '81.2.69.142'));
+    appendFileSync(log, lines + failed(t + 20, '81.2.69.142') + failed(t + 21, '89.160.20.112') + failed(t + 22, '89.160.20.112'));
     await d.waitFor(/msg=banned ip=81\.2\.69\.142 /);
+    await d.waitFor(/msg=banned ip=89\.160\.20\.112 /);
     const listed = runCli(['list', '--json', '--config', cfg]).stdout.trim().split('\n').map((l) => JSON.parse(l));
-    assert.deepEqual(listed.map((b) => [b.ip, b.country_code, b.failures]), [['81.2.69.142', 'GB', 1]]);
+    assert.deepEqual(listed.map((b) => [b.ip, b.country_code, b.failures]).sort(), [['81.2.69.142', 'GB', 1], ['89.160.20.112', 'SE', 2]]);
+    assert.match(listed.find((b) => b.ip === '89.160.20.112').reason, /Acquired 2 bad connections via ssh\. The IP was from Sweden\./, 'the threshold SE had');
     const ex = runCli(['explain', '81.2.69.142', '--config', cfg]);
     assert.equal(ex.code, 0, ex.stderr);
     assert.match(ex.stdout, /country GB \(United Kingdom\)/);

@@ -279,7 +279,7 @@ export class BanManager {
     if (this.coveringPrefix(d.ip, scope, now) !== undefined) return null;
     const country = this.o.country?.(d.ip);
     const record = this.push(d.ip, d.rule, now, scope, replaces, d.instant, {
-      reason: banMessage(d.ip, d.rule, this.o.failedAttempts(d.rule), d.instant, country === undefined ? undefined : (country?.name ?? null)),
+      reason: banMessage(d.ip, d.rule, d.limit ?? this.o.failedAttempts(d.rule), d.instant, country === undefined ? undefined : (country?.name ?? null)),
       country: country ?? null,
       failures: d.failures,
       lines: d.lines,

@@ -295,7 +295,9 @@ class Detector implements TrackingDetector {
       }
       if (e === undefined) {
         if (rs.mode === WINDOW && limit === 1) {
-          return { ip, rule: rs.name, time: t, failures: 1, instant: false, lines: [evidence(m.line)] };
+          const d: BanDecision = { ip, rule: rs.name, time: t, failures: 1, instant: false, lines: [evidence(m.line)] };
+          if (limit !== rs.failedAttempts) d.limit = limit;
+          return d;
         }
         this.create(rs, ip, t, m.line);
         return null;
@@ -312,7 +314,7 @@ class Detector implements TrackingDetector {
         }
         e.amount++;
         e.pushLine(m.line);
-        if (e.amount >= limit) return this.banned(e, t, e.amount + 1);
+        if (e.amount >= limit) return this.banned(e, t, e.amount + 1, limit);
         this.touch(e);
         return null;
       }
@@ -332,7 +334,7 @@ class Detector implements TrackingDetector {
             break;
           }
         }
-        if (all) return this.banned(e, t, limit);
+        if (all) return this.banned(e, t, limit, limit);
       }
       this.touch(e);
       return null;
@@ -352,8 +354,9 @@ class Detector implements TrackingDetector {
   }
 
   /** The decision for an entry that has earned its ban (gap or window counting); the entry is dropped. */
-  private banned(e: Entry, time: number, failures: number): BanDecision {
+  private banned(e: Entry, time: number, failures: number, limit: number): BanDecision {
     const d: BanDecision = { ip: e.ip, rule: e.rule.name, time, failures, instant: false, lines: e.orderedLines() };
+    if (limit !== e.rule.failedAttempts) d.limit = limit;
     this.drop(e);
     return d;
   }

@@ -10,6 +10,8 @@ export interface BanDecision {
   /** How many failures counted towards this ban (1 for an instant ban). */
   failures: number;
   instant: boolean;
+  /** The threshold this address had when it differs from the rule's (a country policy's number). */
+  limit?: number;
   /** The raw log lines that counted (the most recent ones, at most `MAX_EVIDENCE_LINES`). */
   lines: string[];
 }
