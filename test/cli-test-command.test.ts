@@ -10,16 +10,19 @@ test('`tsfilter test ssh FILE --json` lists each matching line with its ip and t
   const r = runCli(['test', 'ssh', LOG, '--json']);
   assert.equal(r.code, 0, r.stderr);
   const out = jsonLines(r.stdout);
-  const summary = out.at(-1)!.summary as { lines: number; matched: number };
-  const matches = out.slice(0, -1) as { line: number; ip: string; time: string }[];
+  const summary = out.at(-1)!.summary as { lines: number; matched: number; successes: number };
+  const events = out.slice(0, -1) as { line: number; kind: string; rule: string; ip: string; time: string }[];
+  const matches = events.filter((e) => e.kind === 'failure' || e.kind === 'instant');
   const lines = readFileSync(LOG, 'utf8').split('\n');
   if (lines.at(-1) === '') lines.pop();
   assert.equal(summary.lines, lines.length);
   assert.equal(summary.matched, matches.length);
+  assert.equal(summary.successes, events.filter((e) => e.kind === 'success').length);
   assert.ok(matches.length > 100);
   let prev = 0;
   for (const m of matches) {
-    assert.deepEqual(Object.keys(m).sort(), ['ip', 'line', 'time']);
+    assert.equal(m.rule, 'ssh');
+    for (const k of ['line', 'rule', 'kind', 'pattern', 'ip', 'time', 'time_from', 'fields', 'text']) assert.ok(k in m, `${k} in ${JSON.stringify(m)}`);
     assert.ok(m.line > prev, 'line numbers increase');
     prev = m.line;
     const text = lines[m.line - 1]!;
@@ -34,7 +37,7 @@ test('`tsfilter test ssh FILE --json` lists each matching line with its ip and t
 test('`tsfilter test` in text mode ends with the unmatched count, and every command has --help with an example', () => {
   const r = runCli(['test', 'ssh', LOG]);
   assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, /Lines: \d+ lines, \d+ matched, \d+ successful logins, \d+ unmatched/);
+  assert.match(r.stdout, /Lines: \d+ lines, \d+ matched, \d+ successful logins, \d+ rejected, \d+ unmatched/);
   for (const cmd of [['run'], ['replay'], ['test'], ['config', 'check']]) {
     const h = runCli([...cmd, '--help']);
     assert.equal(h.code, 0, `${cmd.join(' ')} --help: ${h.stderr}`);

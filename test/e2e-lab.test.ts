@@ -108,8 +108,8 @@ for (const logging of ['file', 'syslog'] as const) {
         const ips = tr.stdout
           .trim()
           .split('\n')
-          .map((l) => JSON.parse(l) as { ip?: string; summary?: unknown })
-          .filter((o) => o.ip)
+          .map((l) => JSON.parse(l) as { ip?: string; kind?: string })
+          .filter((o) => o.kind === 'failure' || o.kind === 'instant')
           .map((o) => o.ip);
         // Per address: 3 lines for the invalid user + 2 for root; the admin: 3 per family.
         assert.equal(ips.filter((ip) => ip === ADDR.attacker[4]).length, 5, tr.stdout);

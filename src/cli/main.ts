@@ -4,12 +4,14 @@ import { Command, CommanderError } from 'commander';
 import { ConfigError, loadConfigFile, type Config } from '../config/load.ts';
 import { resolveConfigPath } from './config-path.ts';
 import { replay, UsageError, type ReplayBan } from './replay.ts';
-import { testRule } from './test-rule.ts';
+import { testCommand, type TestCommandOptions } from './test-rule.ts';
 import { banCommand, listCommand, NotRunningError, statusCommand, unbanCommand } from './control.ts';
 import { explainCommand } from './explain.ts';
 import { importPyfilterCommand, type ImportOptions } from './import-pyfilter.ts';
 import { installServiceCommand, uninstallServiceCommand, type InstallOptions } from './install-service.ts';
 import { createLogger } from '../util/logger.ts';
+import { findDatabase, GeoIp } from '../geo/geoip.ts';
+import { describeCountryPolicy } from '../geo/country-policy.ts';
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage. */
 const EXIT_RUNTIME = 1;
@@ -140,7 +142,7 @@ export function buildProgram(): Command {
       'after',
       '\nExamples:\n  tsfilter replay /var/log/auth.log\n  tsfilter replay --rule ssh --json /var/log/auth.log.1 /var/log/auth.log\n',
     )
-    .action((files: string[], o: { config?: string; rule?: string; json?: boolean }) => {
+    .action(async (files: string[], o: { config?: string; rule?: string; json?: boolean }) => {
       const config = load(o.config);
       const out = (s: string) => process.stdout.write(s + '\n');
       const warn = createLogger({ write: (l) => process.stderr.write(l + '\n'), level: 'warn' });
@@ -150,7 +152,15 @@ export function buildProgram(): Command {
             out(`ban ${b.ip} rule=${b.rule} time=${iso(b.time)} failures=${b.failures}${b.instant ? ' instant' : ''}`);
             for (const l of b.lines) out(`    ${JSON.stringify(l).slice(1, -1)}`);
           };
-      const r = replay(config, files, { rule: o.rule, warn, onBan });
+      // Countries and country policies as the daemon would apply them, when a GeoIP database is configured.
+      const dbFile = findDatabase(config.geoipDatabase, process.cwd());
+      const geo = dbFile === null ? undefined : await GeoIp.open(dbFile, warn);
+      let r;
+      try {
+        r = replay(config, files, { rule: o.rule, warn, onBan, country: geo && ((ip) => (geo.databaseType === null ? undefined : geo.lookup(ip))) });
+      } finally {
+        geo?.close();
+      }
       if (o.json) {
         out(JSON.stringify({ summary: { lines: r.lines, matched: r.matched, bans: r.bans.length } }));
       } else {
@@ -163,31 +173,26 @@ export function buildProgram(): Command {
 
   program
     .command('test')
-    .description('Show which lines of a file a rule matches, with the captured ip and time (like fail2ban-regex).')
-    .argument('<rule>', 'rule name from the config')
-    .argument('<file>', 'log file')
+    .usage('[options] [RULE] FILE')
+    .description(
+      'Try rules on a log file (like fail2ban-regex): per line the rule and pattern that matched, its captures and the ' +
+      'parsed time, matches that were refused and why; per pattern how many lines it matched, flagging patterns that ' +
+      'never matched. Without RULE every enabled rule runs; --pattern tries one ad-hoc pattern.',
+    )
+    .argument('[rule]', 'rule name from the config (default: every enabled rule)')
+    .argument('[file]', 'log file')
     .option('-c, --config <file>', 'config file')
-    .option('--json', 'one JSON object per matching line, then {"summary": ...}')
-    .addHelpText('after', '\nExample:\n  tsfilter test ssh /var/log/auth.log\n')
-    .action((rule: string, file: string, o: { config?: string; json?: boolean }) => {
-      const config = load(o.config);
-      const out = (s: string) => process.stdout.write(s + '\n');
-      const warn = createLogger({ write: (l) => process.stderr.write(l + '\n'), level: 'warn' });
-      const r = testRule(config, rule, file, {
-        warn: (m, f) => warn.warn(m, f),
-        onMatch: o.json
-          ? (n, m) => out(JSON.stringify({ line: n, ip: m.ip, time: iso(m.time) }))
-          : (n, m) => out(`${String(n).padStart(7)}  ${m.ip.padEnd(39)}  ${iso(m.time)}  ${m.kind}`),
-      });
-      if (o.json) out(JSON.stringify({ summary: { lines: r.lines, matched: r.matches.length } }));
-      else {
-        out(
-          `\nLines: ${r.lines} lines, ${r.matches.length} matched, ${r.successes} successful logins, ${
-            r.lines - r.matches.length - r.successes
-          } unmatched`,
-        );
-      }
-    });
+    .option('-p, --pattern <regex>', 'try this pattern instead of the config\'s (named groups (?<host>...), (?<time>...), ...); with RULE, in that rule\'s context')
+    .option('-t, --time-format <fmt>', 'strptime format for the (?<time>) capture (default: the rule\'s time_format, else ISO 8601)')
+    .option('-u, --unmatched', 'also list the lines nothing matched, with their line numbers')
+    .option('--json', 'one JSON object per line event, then {"summary": ...}')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  tsfilter test /var/log/auth.log\n  tsfilter test ssh /var/log/auth.log --unmatched\n' +
+        "  tsfilter test --pattern 'Failed password for (?<user>\\S+) from (?<host>\\S+)' /var/log/auth.log\n" +
+        "  tsfilter test --pattern '^(?<time>\\S+ +\\d+ [\\d:]+) .*Invalid user \\S+ from (?<host>\\S+)' --time-format '%b %d %H:%M:%S' /var/log/auth.log\n",
+    )
+    .action((a: string | undefined, b: string | undefined, o: TestCommandOptions) => testCommand([a, b], o, load, out));
 
   const cfg = program.command('config').description('Configuration tools.');
   cfg
@@ -200,7 +205,7 @@ export function buildProgram(): Command {
       const enabled = config.rules.filter((r) => r.enabled);
       process.stdout.write(
         `${config.file}: OK (${enabled.length} rule${enabled.length === 1 ? '' : 's'}: ${enabled
-          .map((r) => `${r.name} [${r.policy.mode === 'gap' ? `gap ${r.policy.failedAttempts}/${r.policy.requestTime}s` : `window ${r.policy.failedAttempts}/${r.policy.findTime}s`}]`)
+          .map((r) => `${r.name} [${r.policy.mode === 'gap' ? `gap ${r.policy.failedAttempts}/${r.policy.requestTime}s` : `window ${r.policy.failedAttempts}/${r.policy.findTime}s`}${r.countries ? `; countries ${describeCountryPolicy(r.countries)}` : ''}]`)
           .join(', ')}; store ${config.sqlitePath})\n`,
       );
     });

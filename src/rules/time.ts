@@ -116,6 +116,13 @@ const DIRECTIVES: Record<string, [string, Setter]> = {
 };
 const EXPANSIONS: Record<string, string> = { T: '%H:%M:%S', D: '%m/%d/%y', F: '%Y-%m-%d', R: '%H:%M' };
 
+const SUPPORTED = [...Object.keys(DIRECTIVES), ...Object.keys(EXPANSIONS), '%'].map((d) => '%' + d).join(' ');
+
+/** The format JSON-quoted (control characters escaped), its middle cut out beyond 120 characters. */
+function quoteFormat(format: string): string {
+  return JSON.stringify(format.length <= 120 ? format : format.slice(0, 40) + '…' + format.slice(-79));
+}
+
 function escapeRe(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
 }
@@ -129,7 +136,7 @@ function compileFormat(format: string): { re: RegExp; setters: Setter[] } {
     if (c === '%') {
       const d = fmt[i + 1];
       i++;
-      if (d === undefined) throw new TimeFormatError(`time_format "${format}" ends with a lone %`);
+      if (d === undefined) throw new TimeFormatError(`time_format ${quoteFormat(format)}: ends with a lone % (write %% for a literal %)`);
       if (d === '%') {
         src += '%';
         continue;
@@ -141,7 +148,10 @@ function compileFormat(format: string): { re: RegExp; setters: Setter[] } {
         continue;
       }
       const spec = DIRECTIVES[d];
-      if (!spec) throw new TimeFormatError(`time_format "${format}": unsupported directive %${d}`);
+      if (!spec) {
+        throw new TimeFormatError(`time_format ${quoteFormat(format)}: unknown directive ${JSON.stringify('%' + d).slice(1, -1)} ` +
+          `(known: ${SUPPORTED})`);
+      }
       src += spec[0];
       if (spec[0].startsWith('(') && !spec[0].startsWith('(?:')) setters.push(spec[1]);
       continue;

@@ -60,11 +60,60 @@ export interface RuleConfig {
 export class PatternError extends Error {
   constructor(
     readonly rule: string,
-    /** 'regex_patterns' or 'success_patterns'. */
+    /** 'regex_patterns', 'success_patterns' or 'time_format'. */
     readonly list: string,
+    /** Index in the list; -1 for time_format. */
     readonly index: number,
+    /** The whole message: it names the rule, list[index] and the pattern (or time format) text. */
     message: string,
+    /** The refused pattern or time format as written in the config. */
+    readonly pattern?: string,
   ) {
     super(message);
   }
+}
+
+/** One of a rule's patterns, as `tsfilter test` describes it. */
+export interface PatternInfo {
+  list: 'regex_patterns' | 'success_patterns';
+  index: number;
+  kind: MatchKind;
+  /** The pattern as written in the config (before a list was put in its `{}`). */
+  text: string;
+}
+
+/** What one pattern made of a line whose text it matched. */
+export interface PatternHit {
+  /** Index into RuleInspector.patterns. */
+  pattern: number;
+  /**
+   * The captures: named groups by name; for PyFilter's positional groups `host`, `time` and `status` by role and
+   * the others as `$N`. Groups that took no part in the match are left out.
+   */
+  fields: Record<string, string>;
+  /**
+   * 'accepted': this pattern gave the line's match; 'rejected': it matched but the match was refused (`reason`),
+   * so the matcher went on to the next pattern; 'taken': an earlier pattern had already given the line's match.
+   */
+  outcome: 'accepted' | 'rejected' | 'taken';
+  reason?: string;
+}
+
+/** Everything a rule's patterns made of one line, for rule authors. */
+export interface LineInspection {
+  /** Exactly what RuleMatcher.match returns for the line. */
+  match: Match | null;
+  /** Every pattern whose regex matched the line, in the order the matcher tries them. */
+  hits: PatternHit[];
+  /** Where match.time came from: the line's time capture, the source (journal), or the arrival time. */
+  timeFrom?: 'line' | 'source' | 'arrival';
+  /** Why a time capture could not be read, when there was one and the arrival time was used instead. */
+  timeError?: string;
+}
+
+/** A compiled rule that explains its decisions (slower than RuleMatcher: every pattern runs on every line). */
+export interface RuleInspector {
+  readonly name: string;
+  readonly patterns: readonly PatternInfo[];
+  inspect(line: SourceLine, now: number): LineInspection;
 }
