@@ -202,15 +202,95 @@ test('not root: install and uninstall refuse, naming what needs root; --print st
     spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '--import', 'tsx', path.join(REPO, 'src/cli/main.ts'), ...args], {
       cwd: REPO,
       encoding: 'utf8',
-      env: { ...process.env, TSFILTER_SYSTEMD_DIR: sys, TSFILTER_SYSTEMCTL: '/bin/false' },
+      env: { ...process.env, TSFILTER_SYSTEMD_DIR: sys, TSFILTER_SYSTEMCTL: '/bin/false', TSFILTER_SYSTEM_CONFIG: path.join(dir, 'etc/tsfilter/config.json') },
     });
-  for (const cmd of [['install-service', '--config', cfg], ['uninstall-service']]) {
+  for (const cmd of [['install-service', '--config', cfg], ['install-service'], ['uninstall-service']]) {
     const r = asNobody(cmd);
     assert.equal(r.status, 1, r.stderr);
     assert.match(r.stderr, new RegExp(`${cmd[0]} must run as root .*tsfilter\\.service`));
   }
+  assert.equal(existsSync(path.join(dir, 'etc')), false, 'not root: the default config is not written either');
   const p = asNobody(['install-service', '--print', '--config', cfg]);
   assert.equal(p.status, 0, p.stderr);
   assert.match(p.stdout, /^ExecStart=/m);
   assert.equal(existsSync(sys), false);
+});
+
+test('without --config, a missing default config is written from the bundled defaults (0600 in a 0755 directory), never over an existing one', (t) => {
+  if (!requirePrereq(t, process.getuid?.() === 0, 'root', 'run the tests as root (install-service refuses otherwise)')) return;
+  ensureBuilt();
+  const dir = tmp(t);
+  const sys = path.join(dir, 'system');
+  mkdirSync(sys, { recursive: true });
+  const ctl = recordingSystemctl(dir);
+  // The parent of etc/tsfilter does not exist either: a fresh machine has no /etc/tsfilter.
+  const cfg = path.join(dir, 'etc/tsfilter/config.json');
+  const env = { TSFILTER_SYSTEMD_DIR: sys, TSFILTER_SYSTEMCTL: ctl.bin, TSFILTER_SYSTEM_CONFIG: cfg };
+  const bundled = readFileSync(path.join(REPO, 'config/config.default.json'), 'utf8');
+
+  // sudo may keep a restrictive umask: the directory must still come out readable (0755), the file private (0600).
+  const oldMask = process.umask(0o077);
+  let first;
+  try {
+    first = runCli(['install-service'], { env });
+  } finally {
+    process.umask(oldMask);
+  }
+  assert.equal(first.code, 0, first.stderr);
+  assert.equal(readFileSync(cfg, 'utf8'), bundled, 'the config is the bundled one, byte for byte');
+  assert.equal(statSync(cfg).mode & 0o777, 0o600);
+  assert.equal(statSync(path.dirname(cfg)).mode & 0o777, 0o755);
+  assert.match(first.stdout, new RegExp(`^wrote ${cfg} \\(mode 0600\\), a copy of the bundled defaults: firewall nftables, bans 3600 s`, 'm'));
+  assert.match(first.stdout, /systemctl reload tsfilter/);
+  const unit = readFileSync(path.join(sys, 'tsfilter.service'), 'utf8');
+  assert.match(unit, new RegExp(`^ExecStart=\\S+ ${ENTRY} run --config ${cfg}$`, 'm'));
+  assert.deepEqual(ctl.calls(), ['daemon-reload', 'enable --now tsfilter.service']);
+
+  // The operator's edits survive a second install: the file exists, so it is used, not replaced.
+  const edited = JSON.parse(bundled) as { settings: { ignored_ips: string[] } };
+  edited.settings.ignored_ips.push('198.51.100.0/24');
+  writeFileSync(cfg, JSON.stringify(edited));
+  const again = runCli(['install-service'], { env });
+  assert.equal(again.code, 0, again.stderr);
+  assert.deepEqual(JSON.parse(readFileSync(cfg, 'utf8')), edited);
+  assert.doesNotMatch(again.stdout, /^wrote /m);
+  assert.match(again.stdout, /is already up to date/);
+
+  // A broken existing config is reported (exit 2) and left as it is.
+  writeFileSync(cfg, '{"settings": {"ban_time": "soon"}}');
+  const broken = runCli(['install-service'], { env });
+  assert.equal(broken.code, 2);
+  assert.match(broken.stderr, /settings\.ban_time/);
+  assert.equal(readFileSync(cfg, 'utf8'), '{"settings": {"ban_time": "soon"}}');
+});
+
+test('an explicit --config that does not exist is still refused, and the default config is not written for it', (t) => {
+  if (!requirePrereq(t, process.getuid?.() === 0, 'root', 'run the tests as root (install-service refuses otherwise)')) return;
+  ensureBuilt();
+  const dir = tmp(t);
+  const sys = path.join(dir, 'system');
+  mkdirSync(sys, { recursive: true });
+  const ctl = recordingSystemctl(dir);
+  const def = path.join(dir, 'etc/tsfilter/config.json');
+  const env = { TSFILTER_SYSTEMD_DIR: sys, TSFILTER_SYSTEMCTL: ctl.bin, TSFILTER_SYSTEM_CONFIG: def };
+  const r = runCli(['install-service', '--config', path.join(dir, 'typo.json')], { env });
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /typo\.json does not exist/);
+  assert.match(r.stderr, new RegExp(`leave out --config to have them written to ${def}`));
+  assert.equal(existsSync(path.join(dir, 'typo.json')), false);
+  assert.equal(existsSync(path.join(dir, 'etc')), false);
+  assert.deepEqual(ctl.calls(), []);
+});
+
+test('--print with the default config missing says it will be written, writes nothing, and derives the unit from the bundled defaults', (t) => {
+  const dir = tmp(t);
+  const def = path.join(dir, 'etc/tsfilter/config.json');
+  const r = runCli(['install-service', '--print'], { env: { TSFILTER_SYSTEM_CONFIG: def, TSFILTER_SYSTEMD_DIR: path.join(dir, 'system') } });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, new RegExp(`${def} does not exist; install-service without --print writes the bundled defaults there`));
+  assert.match(r.stdout, new RegExp(`^ExecStart=\\S+ \\S+ run --config ${def}$`, 'm'));
+  // The bundled config keeps protect_sessions on: the unit grants what reading sshd's sockets needs.
+  assert.match(r.stdout, /^CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_DAC_READ_SEARCH CAP_SYS_PTRACE$/m);
+  assert.equal(existsSync(path.join(dir, 'etc')), false);
+  assert.equal(existsSync(path.join(dir, 'system')), false);
 });

@@ -8,24 +8,27 @@
  * `--print` only prints the unit. uninstall-service runs `disable --now`, removes the unit and runs daemon-reload; it
  * leaves the config and the state (/etc/tsfilter, /var/lib/tsfilter) in place on purpose: reinstalling resumes the bans.
  *
- * The config: --config F (made absolute), else /etc/tsfilter/config.json. When the chosen file does not exist,
- * install refuses and says how to create it (or to pass `--config <bundled default>` to run on the shipped
- * defaults): a unit that points at a missing file would crash-loop. `--print` only warns. The file is validated
- * now (exit 2 when invalid) because its settings decide the sandbox (data_dir, control socket, firewall).
+ * The config: --config F (made absolute), else /etc/tsfilter/config.json. Without --config, a missing
+ * /etc/tsfilter/config.json is written from the bundled config/config.default.json (0600 in a 0755 /etc/tsfilter,
+ * never over a file that exists), so `npm install -g tsfilter && sudo tsfilter install-service` is a protecting
+ * service. A --config F that does not exist is refused: the user named a file, and silently creating it could hide a
+ * typo; a unit pointing at a missing file would crash-loop. `--print` writes nothing and only says what install
+ * would do. The file is validated now (exit 2 when invalid) because its settings decide the sandbox (data_dir,
+ * control socket, firewall).
  *
  * ExecStart runs process.execPath on the built CLI, dist/cli/main.js, found from this module's location (the same
  * `../../dist/cli/main.js` from src/cli under tsx and from dist/cli once built), never from the working directory:
  * the unit must keep working whatever directory `sudo tsfilter install-service` was typed in.
  *
  * For tests only (not in --help): TSFILTER_SYSTEMD_DIR replaces /etc/systemd/system, TSFILTER_SYSTEMCTL replaces
- * the systemctl binary.
+ * the systemctl binary, TSFILTER_SYSTEM_CONFIG replaces /etc/tsfilter/config.json (config-path.ts).
  */
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfigFile, type Config } from '../config/load.ts';
 import { runNft } from '../firewall/nft-runner.ts';
-import { BUNDLED_CONFIG, SYSTEM_CONFIG } from './config-path.ts';
+import { BUNDLED_CONFIG, systemConfigPath } from './config-path.ts';
 import { UsageError } from './replay.ts';
 
 export const UNIT_NAME = 'tsfilter.service';
@@ -93,9 +96,9 @@ export function renderUnit(s: UnitSpec): string {
     // (StartLimit* defaults stop it after 5 failures in 10 s; RestartSec=5 keeps those well apart).
     'Restart=on-failure',
     'RestartSec=5',
-    // Stopping flushes the store and removes the firewall table: give it time before SIGKILL.
+    // Stopping finishes the queued firewall changes and closes the store (the kernel bans stay): give it time.
     'TimeoutStopSec=30',
-    // Log lines are JSON on stdout: journald keeps them (journalctl -u tsfilter).
+    // Log lines (level=… msg=… key=value) go to stdout: journald keeps them (journalctl -u tsfilter).
     'StandardOutput=journal',
     'StandardError=journal',
     // systemd creates these (0700, root) before every start: the store and the root-only control socket live here.
@@ -187,27 +190,61 @@ export function unitSpecFor(configFile: string, config: Config | null): UnitSpec
   };
 }
 
+/**
+ * Writes the bundled defaults to `file`: 0600 (the config may hold a Redis password) in a directory that is 0755
+ * when we create it. O_EXCL: a file that appeared since the check (an admin, a second install) is never replaced.
+ * Returns false when it already existed.
+ */
+function writeDefaultConfig(file: string): boolean {
+  const dir = path.dirname(file);
+  // mkdirSync's mode passes through the umask (sudo may keep a 077 one); only a directory we made is chmod-ed.
+  if (mkdirSync(dir, { recursive: true, mode: 0o755 }) !== undefined) chmodSync(dir, 0o755);
+  try {
+    writeFileSync(file, readFileSync(BUNDLED_CONFIG), { mode: 0o600, flag: 'wx' });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw e;
+  }
+  chmodSync(file, 0o600);
+  return true;
+}
+
 export async function installServiceCommand(o: InstallOptions, out: Print, note: Print): Promise<void> {
-  const configFile = path.resolve(o.config ?? SYSTEM_CONFIG);
+  const configFile = path.resolve(o.config ?? systemConfigPath());
   const exists = existsSync(configFile);
-  if (!exists) {
+  if (!exists && o.config !== undefined) {
     const why =
-      `config file ${configFile} does not exist. Create it first (sudo install -D -m 600 ${BUNDLED_CONFIG} ${SYSTEM_CONFIG}, ` +
-      `then edit it; or: sudo tsfilter import pyfilter --from DIR), or run on the bundled defaults with --config ${BUNDLED_CONFIG}`;
+      `config file ${configFile} does not exist. Create it first (sudo install -D -m 600 ${BUNDLED_CONFIG} ${configFile}, ` +
+      `then edit it; or: sudo tsfilter import pyfilter --from DIR --config ${configFile}), run on the bundled defaults with ` +
+      `--config ${BUNDLED_CONFIG}, or leave out --config to have them written to ${systemConfigPath()}`;
     if (!o.print) throw new UsageError(why);
     note(`tsfilter: warning: ${why}`);
+    process.stdout.write(renderUnit(unitSpecFor(configFile, null)));
+    return;
   }
-  // Relative paths resolve as the daemon will see them: from WorkingDirectory.
-  const config = exists ? loadConfigFile(configFile, { cwd: STATE_DIR }) : null;
-  const unit = renderUnit(unitSpecFor(configFile, config));
+  // Relative paths resolve as the daemon will see them: from WorkingDirectory. A config still to be written is the
+  // bundled one, byte for byte, so the unit is derived from that.
+  let config = loadConfigFile(exists ? configFile : BUNDLED_CONFIG, { cwd: STATE_DIR });
   if (o.print) {
-    process.stdout.write(unit);
+    if (!exists) note(`tsfilter: ${configFile} does not exist; install-service without --print writes the bundled defaults there`);
+    process.stdout.write(renderUnit(unitSpecFor(configFile, config)));
     return;
   }
   requireRoot('install-service');
   if (!existsSync(CLI_ENTRY)) {
     throw new Error(`${CLI_ENTRY} does not exist: build the CLI first (npm run build), or install the npm package (npm install -g tsfilter)`);
   }
+  if (!exists) {
+    if (writeDefaultConfig(configFile)) {
+      const ban = config.banTime > 0 ? `${config.banTime} s${config.banTimeFactor > 1 ? `, x${config.banTimeFactor} for each repeat up to ${config.banTimeMax} s` : ''}` : 'permanent';
+      out(`wrote ${configFile} (mode 0600), a copy of the bundled defaults: firewall ${config.firewall}, bans ${ban}, store ${config.sqlitePath}`);
+      out('  Edit it (your own addresses into ignored_ips, log_files for the rules you need), then: sudo systemctl reload tsfilter');
+    } else {
+      // Created between the check and the write: use it as it is.
+      config = loadConfigFile(configFile, { cwd: STATE_DIR });
+    }
+  }
+  const unit = renderUnit(unitSpecFor(configFile, config));
   const file = path.join(systemdDir(), UNIT_NAME);
   const before = existsSync(file) ? readFileSync(file, 'utf8') : null;
   const changed = before !== unit;
@@ -243,6 +280,6 @@ export async function uninstallServiceCommand(out: Print): Promise<void> {
   rmSync(file);
   await systemctl(['daemon-reload']);
   out(`stopped and disabled tsfilter.service; removed ${file}`);
-  out(`Left in place: the config (${SYSTEM_CONFIG} or the one given at install) and the state in ${STATE_DIR} (bans, log positions).`);
+  out(`Left in place: the config (${systemConfigPath()} or the one given at install) and the state in ${STATE_DIR} (bans, log positions).`);
   out('Remove them by hand if you no longer need them.');
 }

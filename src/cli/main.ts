@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import '../rules/regex-guard.ts';
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { ConfigError, loadConfigFile, type Config } from '../config/load.ts';
 import { resolveConfigPath } from './config-path.ts';
@@ -23,12 +24,18 @@ function load(file?: string): Config {
   return loadConfigFile(resolveConfigPath(file));
 }
 
+/** The installed package's version: the same file npm reads, one level above src/ and dist/. */
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+  return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+}
+
 export function buildProgram(): Command {
   const program = new Command();
   program
     .name('tsfilter')
     .description('Log-driven intrusion prevention: reads service logs, counts failed logins per IP, bans attackers.')
-    .version('0.1.0')
+    .version(packageVersion())
     .showHelpAfterError()
     .exitOverride();
 
@@ -226,7 +233,7 @@ export function buildProgram(): Command {
   program
     .command('install-service')
     .description('Write, enable and start the systemd unit tsfilter.service (root); running it again only applies changes.')
-    .option('-c, --config <file>', 'config file the service runs with (default: /etc/tsfilter/config.json, which must exist)')
+    .option('-c, --config <file>', 'config file the service runs with (default: /etc/tsfilter/config.json, written from the bundled defaults when missing)')
     .option('--print', 'print the unit and change nothing')
     .addHelpText('after', '\nExamples:\n  sudo tsfilter install-service\n  tsfilter install-service --config /etc/tsfilter/config.json --print\n')
     .action((o: InstallOptions) => installServiceCommand(o, out, note));
