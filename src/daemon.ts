@@ -20,6 +20,9 @@ import { IpsetEnforcer } from './firewall/ipset.ts';
 import { IptablesEnforcer } from './firewall/iptables.ts';
 import { FleetSync } from './store/fleet-sync.ts';
 import { findDatabase, GeoIp, type Country } from './geo/geoip.ts';
+import { loadToken } from './api/http/config.ts';
+import { startHttpApi, type HttpApi } from './api/http/server.ts';
+import { createMetrics } from './api/metrics.ts';
 import { countryOverrides, warnCountryPolicies } from './geo/country-policy.ts';
 import { banEvent } from './bans/ban-manager.ts';
 import { BlacklistFilesEnforcer, readBlacklistChanges, type BlacklistChanges } from './firewall/blacklist-files.ts';
@@ -65,6 +68,8 @@ export interface DaemonHandle {
   reload(next: Config): Promise<void>;
   /** What `tsfilter status` shows. */
   status(): Record<string, unknown>;
+  /** The HTTP API's base URL (the `api` block), null when off. */
+  readonly apiUrl: string | null;
   stop(): Promise<void>;
 }
 
@@ -174,6 +179,7 @@ const RESTART_ONLY: [string, (c: Config) => unknown][] = [
   ['settings.geoip_database', (c) => c.geoipDatabase],
   ['redis', (c) => JSON.stringify(c.redis)],
   ['logging', (c) => JSON.stringify(c.logging)],
+  ['api', (c) => JSON.stringify(c.api)],
 ];
 
 /**
@@ -191,6 +197,8 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
   }
   // Another daemon on this data directory or answering on our socket: refuse before touching the store or firewall.
   const pidFile = PidFile.acquire(path.join(initial.dataDir, 'tsfilter.pid'));
+  // A token file with loose permissions fails here, before anything starts.
+  if (initial.api) loadToken(initial.api);
   // The control socket listens from the start, answering once the daemon is up: a `tsfilter unban` during start-up
   // must reach this daemon, not edit the store behind a reconcile that already ran.
   let handleWhenUp: Handler | null = null;
@@ -202,6 +210,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
   });
   upP.catch(() => {});
   let control: ControlServer | null = null;
+  let http: HttpApi | null = null;
   let opened: ReturnType<typeof openSqliteStore> | undefined;
   let cur: Built;
   const startedAt = Date.now();
@@ -214,6 +223,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
   let stopping = false;
   const cleanup = async () => {
     stopping = true;
+    await http?.close().catch(() => {});
     for (const t of timers) clearInterval(t);
     for (const s of sources) await s.stop().catch(() => {});
     await sync?.stop().catch(() => {});
@@ -246,7 +256,9 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
     let detector = newDetector(cur, country);
     detector.load(store.loadCounters().filter((c) => cur.byName.has(c.rule)));
     guard.start();
-    enforcers.push(createEnforcer(initial, logger));
+    const metrics = initial.api?.metrics ? createMetrics() : undefined;
+    const enforcer = createEnforcer(initial, logger);
+    enforcers.push(metrics ? metrics.instrumentEnforcer(enforcer) : enforcer);
     // PyFilter's Config/blacklist.v4/.v6: read before anything writes them (the sidecar tells deleted lines apart).
     const blacklistDir = pyfilterBlacklistDir(initial);
     const blacklistChanges = blacklistDir === null ? null : readBlacklistChanges(blacklistDir);
@@ -470,7 +482,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
         rules: cur.rules.map((r) => ({ name: r.name, ...pipeline.statsFor(r.name) })),
         tracked_ips: ds.size,
         evictions: ds.evictions,
-        active_bans: store.activeBans(now).length,
+        active_bans: store.countActiveBans(now),
         bans_decided: bans.bansDecided,
         enforcers: enforcers.map((e) => ({ name: e.name, ...(e.health?.() ?? { ok: true }) })),
         enforcement: bans.enforcementStatus(),
@@ -572,6 +584,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
           return { status: status() };
       }
     };
+    if (initial.api) http = await startHttpApi({ control: handle, storePath: initial.sqlitePath, logger, metrics }, initial.api);
     handleWhenUp = handle;
     up();
 
@@ -587,11 +600,15 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
       },
       reload,
       status,
+      get apiUrl() {
+        return http?.url ?? null;
+      },
       async stop() {
         if (stopping) return;
         await reloading;
         stopping = true;
         for (const t of timers) clearInterval(t);
+        await http?.close();
         await control?.close();
         for (const s of sources) await s.stop();
         drainDeferred();

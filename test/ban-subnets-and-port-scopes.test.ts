@@ -153,7 +153,7 @@ test('the store keeps a ban\'s scope across a reopen, and a schema 1 file is upg
     s1.addBan({ ip: '192.0.2.5', rule: 'ssh', reason: 'r', createdAt: 1000, expiresAt: null, failures: 5, origin: 'local', server: 's' });
     s1.close();
     const raw = new Database(file);
-    raw.exec('ALTER TABLE bans DROP COLUMN scope; ALTER TABLE bans DROP COLUMN country_code; DROP TABLE fleet_outbox; DROP TABLE fleet_kv; DROP TABLE fleet_versions; DROP TABLE fleet_reports;');
+    raw.exec('ALTER TABLE bans DROP COLUMN scope; ALTER TABLE bans DROP COLUMN country_code; DROP INDEX bans_created; DROP INDEX bans_ended; DROP TABLE fleet_outbox; DROP TABLE fleet_kv; DROP TABLE fleet_versions; DROP TABLE fleet_reports;');
     raw.pragma('user_version = 1');
     raw.close();
     const s2 = openSqliteStore(file);

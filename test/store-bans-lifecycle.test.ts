@@ -245,7 +245,7 @@ test('a store from before country codes (schema 3) upgrades in place: old bans k
     s1.addBan({ ip: '192.0.2.5', rule: 'ssh', reason: 'r', createdAt: 1000, expiresAt: null, failures: 5, origin: 'local', server: 's', country: 'France' });
     s1.close();
     const raw = new Database(file);
-    raw.exec('ALTER TABLE bans DROP COLUMN country_code');
+    raw.exec('ALTER TABLE bans DROP COLUMN country_code; DROP INDEX bans_created; DROP INDEX bans_ended');
     raw.pragma('user_version = 3');
     raw.close();
     const s2 = openSqliteStore(file);

@@ -14,6 +14,7 @@ import { normalizeSource } from '../firewall/target.ts';
 import { formatScope } from '../firewall/port-scope.ts';
 import { MAX_BAN_SECONDS } from '../bans/duration.ts';
 import type { BanRecord } from '../store/types.ts';
+import type { StoredBan } from '../store/sqlite-store.ts';
 
 /** Longest request line accepted; a longer one is answered with an error and the connection closed. */
 export const MAX_REQUEST_BYTES = 64 * 1024;
@@ -160,5 +161,49 @@ export function toListed(b: BanRecord): ListedBan {
     failures: b.failures,
     blocks: formatScope(b.scope) ?? 'all',
     node: b.server,
+  };
+}
+
+/** One ban of `tsfilter explain --json` and GET /api/bans/:ip/explain. */
+export interface ExplainedBan {
+  ip: string;
+  ban_count: number;
+  rule: string;
+  origin: string;
+  node: string;
+  country: string | null;
+  country_code: string | null;
+  since: string;
+  expires: string | null;
+  /** Seconds the ban was set to last; null: permanent. Growing from one ban to the next: escalation. */
+  duration_s: number | null;
+  ended: string | null;
+  end_reason: string | null;
+  active: boolean;
+  blocks: string;
+  failures: number;
+  reason: string;
+  lines: string[];
+}
+
+export function explained(b: StoredBan, now: number): ExplainedBan {
+  return {
+    ip: b.ip,
+    ban_count: b.banCount,
+    rule: b.rule,
+    origin: b.origin,
+    node: b.server,
+    country: b.country ?? null,
+    country_code: b.countryCode ?? null,
+    since: new Date(b.createdAt).toISOString(),
+    expires: b.expiresAt === null ? null : new Date(b.expiresAt).toISOString(),
+    duration_s: b.expiresAt === null ? null : Math.round((b.expiresAt - b.createdAt) / 1000),
+    ended: b.endedAt === null ? null : new Date(b.endedAt).toISOString(),
+    end_reason: b.endReason,
+    active: b.endedAt === null && (b.expiresAt === null || b.expiresAt > now),
+    blocks: formatScope(b.scope) ?? 'all',
+    failures: b.failures,
+    reason: b.reason,
+    lines: b.lines ?? [],
   };
 }

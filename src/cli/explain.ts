@@ -1,9 +1,8 @@
 import { existsSync } from 'node:fs';
-import { formatScope } from '../firewall/port-scope.ts';
 import type { Config } from '../config/load.ts';
-import { parseIp } from '../api/protocol.ts';
+import { explained, parseIp } from '../api/protocol.ts';
 import { canonicalTarget, targetContains } from '../firewall/target.ts';
-import { openSqliteStore, type StoredBan } from '../store/sqlite-store.ts';
+import { openSqliteStore } from '../store/sqlite-store.ts';
 import { UsageError } from './replay.ts';
 
 /*
@@ -14,49 +13,6 @@ import { UsageError } from './replay.ts';
  */
 
 type Out = (line: string) => void;
-
-interface ExplainedBan {
-  ip: string;
-  ban_count: number;
-  rule: string;
-  origin: string;
-  node: string;
-  country: string | null;
-  country_code: string | null;
-  since: string;
-  expires: string | null;
-  /** Seconds the ban was set to last; null: permanent. Growing from one ban to the next: escalation. */
-  duration_s: number | null;
-  ended: string | null;
-  end_reason: string | null;
-  active: boolean;
-  blocks: string;
-  failures: number;
-  reason: string;
-  lines: string[];
-}
-
-function explained(b: StoredBan, now: number): ExplainedBan {
-  return {
-    ip: b.ip,
-    ban_count: b.banCount,
-    rule: b.rule,
-    origin: b.origin,
-    node: b.server,
-    country: b.country ?? null,
-    country_code: b.countryCode ?? null,
-    since: new Date(b.createdAt).toISOString(),
-    expires: b.expiresAt === null ? null : new Date(b.expiresAt).toISOString(),
-    duration_s: b.expiresAt === null ? null : Math.round((b.expiresAt - b.createdAt) / 1000),
-    ended: b.endedAt === null ? null : new Date(b.endedAt).toISOString(),
-    end_reason: b.endReason,
-    active: b.endedAt === null && (b.expiresAt === null || b.expiresAt > now),
-    blocks: formatScope(b.scope) ?? 'all',
-    failures: b.failures,
-    reason: b.reason,
-    lines: b.lines ?? [],
-  };
-}
 
 function countryText(code: string | null, name: string | null): string {
   if (code && name && name !== code) return `, country ${code} (${name})`;

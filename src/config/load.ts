@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { z } from 'zod';
 import type { CountryPolicy } from '../geo/country-policy.ts';
+import { apiSettings, type ApiSettings } from '../api/http/config.ts';
 import { configSchema, ruleSchema, RULE_KNOWN_KEYS, type RawConfig, type RawRule } from './schema.ts';
 import type { RuleConfig } from '../rules/types.ts';
 import { PatternError } from '../rules/types.ts';
@@ -54,6 +55,8 @@ export interface RuleSettings {
 export interface Config {
   /** The file it came from, or '<defaults>'. */
   file: string;
+  /** The HTTP API and /metrics (the `api` block); null when off. */
+  api: ApiSettings | null;
   database: 'sqlite' | 'redis';
   dataDir: string;
   sqlitePath: string;
@@ -182,6 +185,7 @@ export function parseConfig(json: unknown, file: string, opts: { cwd?: string } 
   if (problems.length) throw new ConfigError(file, problems);
   return {
     file,
+    api: apiSettings(raw.api, cwd),
     database: s.database,
     dataDir,
     sqlitePath: s.database === 'sqlite' || s.database === 'redis' ? path.resolve(dataDir, raw.sqlite.database) : '',

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { IgnoreList } from '../detect/cidr-trie.ts';
 import { MAX_BAN_SECONDS } from '../bans/duration.ts';
+import { apiSchema } from '../api/http/config.ts';
 
 /*
  * The single source of truth for TSFilter's options: their types, defaults and documentation.
@@ -344,6 +345,7 @@ export const configSchema = z.strictObject({
       directory: z.string().min(1).default('Logs').describe('Ban log directory, relative to data_dir.'),
     })
     .default({ active: false, directory: 'Logs' }),
+  api: apiSchema,
 });
 
 export type RawConfig = z.infer<typeof configSchema>;

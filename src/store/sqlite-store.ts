@@ -202,8 +202,13 @@ const MIGRATIONS: ((db: Db) => void)[] = [
   },
   // 3 -> 4. The country's ISO code beside its English name (`country`, which PyFilter's banned_ip also has): codes
   // are what policies, filters and other tools use. Older rows keep only the name; no lookup is made to fill them.
+  // The HTTP API pages bans newest first and follows ended ones (src/api/http/): two indexes for that.
   (db) => {
-    db.exec('ALTER TABLE bans ADD COLUMN country_code TEXT');
+    db.exec(`
+      ALTER TABLE bans ADD COLUMN country_code TEXT;
+      CREATE INDEX bans_created ON bans (created_at);
+      CREATE INDEX bans_ended ON bans (ended_at) WHERE ended_at IS NOT NULL;
+    `);
   },
 ];
 
@@ -428,6 +433,9 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
     due: db.prepare<[number], RawBan>(
       `SELECT ${BAN_COLUMNS} FROM bans WHERE ended_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ? ORDER BY id`,
     ).raw(),
+    countActive: db.prepare<[number], number>(
+      'SELECT count(DISTINCT ip) FROM bans WHERE ended_at IS NULL AND (expires_at IS NULL OR expires_at > ?)',
+    ).pluck(),
     history: db.prepare<[string], BanRow>(`SELECT ${BAN_COLUMNS} FROM bans WHERE ip = ? ORDER BY created_at, id`),
     countByIp: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM bans WHERE ip = ?'),
     insertMirror: db.prepare<[string, number, string, string, string | null]>(
@@ -540,6 +548,10 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
         const row = s.activeByIp.get(ip, now);
         return row === undefined ? undefined : toRecord(row);
       });
+    },
+
+    countActiveBans(now) {
+      return guard('countActiveBans', () => s.countActive.get(now) as number);
     },
 
     activeBans(now) {

@@ -46,6 +46,8 @@ export interface Store extends PositionStore {
   /** The active ban of an address at `now`, including PyFilter's `banned_ip` rows (permanent). */
   activeBan(ip: string, now: number): BanRecord | undefined;
   activeBans(now: number): BanRecord[];
+  /** How many addresses activeBans(now) would return, without reading them (status, metrics). */
+  countActiveBans(now: number): number;
   /** Ends a ban early; returns whether there was one. */
   removeBan(ip: string, now: number, reason: string): boolean;
   /** Bans whose expiry is at or before `now` and that are not yet marked expired; marks them. */

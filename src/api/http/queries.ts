@@ -1,0 +1,214 @@
+/*
+ * The read-only queries behind GET /api/bans and /api/bans/:ip/explain. Each is one indexed SQL query with a LIMIT:
+ * nothing loads the whole bans table, so they stay fast with 100,000 bans.
+ *
+ * "Active" means what the store means (and `tsfilter list` shows): not ended, and permanent or not yet expired; an
+ * address with several open rows (duplicate PyFilter rows) counts once, by its oldest row.
+ */
+import { explained, toListed, type ExplainedBan, type ListedBan } from '../protocol.ts';
+import { canonicalTarget, targetContains } from '../../firewall/target.ts';
+import type { StoredBan } from '../../store/sqlite-store.ts';
+import { toStoredBan, type BanRow, type ReadDb } from './read-db.ts';
+
+export const BAN_STATES = ['active', 'ended', 'all'] as const;
+export type BanState = (typeof BAN_STATES)[number];
+
+export interface BanFilter {
+  state: BanState;
+  rule?: string;
+  /** An ISO 3166 code ("GB", matched against country_code) or a country name (case-insensitive). */
+  country?: string;
+  node?: string;
+  origin?: string;
+  /** created_at range, ms since the epoch, inclusive. */
+  since?: number;
+  until?: number;
+  /** An exact address or prefix (normalised). */
+  ip?: string;
+  /** The start of an address as typed ("203.0.113.", "2001:db8:"). */
+  q?: string;
+}
+
+export interface Cursor {
+  createdAt: number;
+  id: number;
+}
+
+/** A ban as GET /api/bans shows it: `tsfilter list --json`'s object plus its row id and how it ended. */
+export interface ApiBan extends ListedBan {
+  id: number;
+  active: boolean;
+  ended: string | null;
+  end_reason: string | null;
+}
+
+/** SQL for "this row of bans (alias b) is an active ban at ?now" — one parameter. */
+const ACTIVE = 'b.ended_at IS NULL AND (b.expires_at IS NULL OR b.expires_at > ?)';
+/** ... and the oldest active row of its address (two parameters). */
+const ACTIVE_FIRST = `${ACTIVE} AND NOT EXISTS (SELECT 1 FROM bans c WHERE c.ip = b.ip AND c.ended_at IS NULL AND (c.expires_at IS NULL OR c.expires_at > ?) AND c.id < b.id)`;
+
+export function isActive(b: Pick<StoredBan, 'endedAt' | 'expiresAt'>, now: number): boolean {
+  return b.endedAt === null && (b.expiresAt === null || b.expiresAt > now);
+}
+
+export function toApiBan(b: StoredBan, now: number): ApiBan {
+  return {
+    ...toListed(b),
+    id: b.id,
+    active: isActive(b, now),
+    ended: b.endedAt === null ? null : new Date(b.endedAt).toISOString(),
+    end_reason: b.endReason,
+  };
+}
+
+function where(rdb: ReadDb, f: BanFilter, now: number): { sql: string; params: unknown[] } {
+  const parts: string[] = [];
+  const params: unknown[] = [];
+  if (f.state === 'active') {
+    parts.push(ACTIVE_FIRST);
+    params.push(now, now);
+  } else if (f.state === 'ended') {
+    parts.push(`NOT (${ACTIVE})`);
+    params.push(now);
+  }
+  const eq = (col: string, v: string | undefined) => {
+    if (v === undefined) return;
+    parts.push(`b.${col} = ?`);
+    params.push(v);
+  };
+  eq('rule', f.rule);
+  eq('server', f.node);
+  eq('origin', f.origin);
+  eq('ip', f.ip);
+  if (f.country !== undefined) {
+    if (/^[A-Za-z]{2}$/.test(f.country)) {
+      // Older rows hold only the name; a code matches rows that have one.
+      parts.push(rdb.hasCountryCode ? 'b.country_code = ?' : '0');
+      if (rdb.hasCountryCode) params.push(f.country.toUpperCase());
+    } else {
+      parts.push('b.country = ? COLLATE NOCASE');
+      params.push(f.country);
+    }
+  }
+  if (f.since !== undefined) {
+    parts.push('b.created_at >= ?');
+    params.push(f.since);
+  }
+  if (f.until !== undefined) {
+    parts.push('b.created_at <= ?');
+    params.push(f.until);
+  }
+  if (f.q !== undefined) {
+    // A range on the ip index; addresses are stored lower-case. Text comparison is bytewise, and U+FFFF sorts after
+    // every character an address can hold.
+    parts.push('b.ip >= ? AND b.ip < ?');
+    params.push(f.q, f.q + '\uffff');
+  }
+  return { sql: parts.length === 0 ? '1' : parts.join(' AND '), params };
+}
+
+export interface BanPage {
+  bans: ApiBan[];
+  /** How many bans match the filter (all pages). */
+  total: number;
+  /** Pass as ?cursor= for the next page; null on the last one. */
+  next_cursor: string | null;
+}
+
+export function encodeCursor(c: Cursor): string {
+  return Buffer.from(`${c.createdAt}.${c.id}`).toString('base64url');
+}
+
+/** null when the text is not a cursor this API made. */
+export function decodeCursor(text: string): Cursor | null {
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(text)) return null;
+  const m = /^(-?\d{1,16})\.(\d{1,16})$/.exec(Buffer.from(text, 'base64url').toString('latin1'));
+  if (!m) return null;
+  const c = { createdAt: Number(m[1]), id: Number(m[2]) };
+  return Number.isSafeInteger(c.createdAt) && Number.isSafeInteger(c.id) ? c : null;
+}
+
+/**
+ * Totals of recent filters, kept while the bans do not change (`version`, the live feed's change count) and for at
+ * most TTL_MS (expiry moves the active set with the clock): paging through a list counts its total once.
+ */
+export class TotalCache {
+  private static readonly TTL_MS = 2000;
+  private static readonly MAX = 64;
+  private readonly m = new Map<string, { version: number; at: number; total: number }>();
+  constructor(
+    private readonly version: () => number,
+    private readonly clock: () => number = Date.now,
+  ) {}
+
+  get(key: string, compute: () => number): number {
+    const v = this.version();
+    const now = this.clock();
+    const hit = this.m.get(key);
+    if (hit && hit.version === v && now - hit.at < TotalCache.TTL_MS && now >= hit.at) return hit.total;
+    const total = compute();
+    this.m.delete(key);
+    if (this.m.size >= TotalCache.MAX) this.m.delete(this.m.keys().next().value!);
+    this.m.set(key, { version: v, at: now, total });
+    return total;
+  }
+}
+
+/** Newest first (by the ban's time, then its row). Either a cursor (keyset, fast at any depth) or an offset. */
+export function listBans(
+  rdb: ReadDb,
+  f: BanFilter,
+  page: { limit: number; cursor?: Cursor; offset?: number },
+  now: number,
+  totals?: TotalCache,
+): BanPage {
+  const w = where(rdb, f, now);
+  let sql = `SELECT ${rdb.columns} FROM bans b WHERE ${w.sql}`;
+  const params = [...w.params];
+  if (page.cursor) {
+    sql += ' AND (b.created_at, b.id) < (?, ?)';
+    params.push(page.cursor.createdAt, page.cursor.id);
+  }
+  // One row more than asked tells whether there is a next page without a second query.
+  sql += ' ORDER BY b.created_at DESC, b.id DESC LIMIT ? OFFSET ?';
+  params.push(page.limit + 1, page.offset ?? 0);
+  const rows = rdb.db.prepare(sql).all(...params) as BanRow[];
+  const more = rows.length > page.limit;
+  if (more) rows.pop();
+  const count = () => rdb.db.prepare(`SELECT count(*) FROM bans b WHERE ${w.sql}`).pluck().get(...w.params) as number;
+  const total = totals ? totals.get(JSON.stringify(f), count) : count();
+  const last = rows[rows.length - 1];
+  return {
+    bans: rows.map((r) => toApiBan(toStoredBan(r), now)),
+    total,
+    next_cursor: more && last ? encodeCursor({ createdAt: last.created_at, id: last.id }) : null,
+  };
+}
+
+/**
+ * `tsfilter explain IP --json`, from this connection: every ban of the address oldest first, and the active prefix
+ * bans that cover it.
+ */
+export function explainIp(rdb: ReadDb, ip: string, now: number): { ip: string; bans: ExplainedBan[]; covered_by: string[] } {
+  const rows = rdb.db.prepare(`SELECT ${rdb.columns} FROM bans b WHERE b.ip = ? ORDER BY b.created_at, b.id`).all(ip) as BanRow[];
+  const bans = rows.map((r) => explained(toStoredBan(r), now));
+  const self = canonicalTarget(ip);
+  let coveredBy: string[] = [];
+  if (self && !self.isPrefix) {
+    // Prefix bans are few; in the order `tsfilter list` has them (by their oldest active row).
+    const prefixes = rdb.db
+      .prepare(`SELECT b.ip, min(b.id) AS first FROM bans b WHERE ${ACTIVE} AND instr(b.ip, '/') > 0 GROUP BY b.ip ORDER BY first`)
+      .pluck()
+      .all(now) as string[];
+    coveredBy = prefixes.filter((p) => {
+      const t = canonicalTarget(p);
+      return t !== null && targetContains(t, ip);
+    });
+  }
+  return { ip, bans, covered_by: coveredBy };
+}
+
+/** Active bans, deduplicated per address: `tsfilter list`'s count. */
+export function countActive(rdb: ReadDb, now: number): number {
+  return rdb.db.prepare(`SELECT count(DISTINCT b.ip) FROM bans b WHERE ${ACTIVE}`).pluck().get(now) as number;
+}
