@@ -19,6 +19,7 @@ import { canonicalTarget } from '../src/firewall/target.ts';
 import type { Enforcement, Enforcer } from '../src/firewall/types.ts';
 import { NetnsLab, netnsSupport } from '../test/helpers/netns.ts';
 import { addresses } from './nft-bulk.ts';
+import { emitResult } from './lib/result.ts';
 
 const quiet = { info() {}, warn() {}, error() {} };
 const PORT = 2222;
@@ -479,6 +480,6 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     );
   }
   process.stdout.write(lines.join('\n') + '\n');
-  process.stdout.write(JSON.stringify({ bench: 'firewall-backends', bans: n, seconds, concurrency: CONCURRENCY, results: rs }) + '\n');
+  emitResult('firewall-backends', { bans: n, seconds, concurrency: CONCURRENCY, results: rs });
   process.exit(0);
 }

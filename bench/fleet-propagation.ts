@@ -5,6 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { NetnsLab, netnsSupport } from '../test/helpers/netns.ts';
+import { emitResult } from './lib/result.ts';
 
 /*
  * Fleet sync over Redis (issue 5): how fast a ban made on node A is enforced on node B, and how fast a restarted B
@@ -39,10 +40,12 @@ const PREFIX = 'tsfilter';
 const sup = netnsSupport();
 if (!sup.ok) {
   process.stdout.write(`fleet-propagation: skipped, missing ${sup.why} (run as root with nftables and iproute2)\n`);
+  emitResult('fleet-propagation', { skipped: `missing ${sup.why}` });
   process.exit(0);
 }
 if (spawnSync('redis-server', ['--version'], { stdio: 'ignore' }).status !== 0) {
   process.stdout.write('fleet-propagation: skipped, missing redis-server (apt-get install -y redis-server)\n');
+  emitResult('fleet-propagation', { skipped: 'missing redis-server' });
   process.exit(0);
 }
 
@@ -390,20 +393,17 @@ try {
       '',
     ].join('\n'),
   );
-  process.stdout.write(
-    JSON.stringify({
-      bench: 'fleet-propagation',
-      samples: SAMPLES,
-      warmup: WARMUP,
-      propagation_ms: { ...P, raw: prop.map((x) => +x.toFixed(3)) },
-      a_banned_to_b_store_ms: { ...S, raw: toStore.map((x) => +x.toFixed(3)) },
-      append_to_b_element_ms: { ...E, raw: e2e.map((x) => +x.toFixed(3)) },
-      append_to_a_banned_ms: { ...D, raw: aDecide.map((x) => +x.toFixed(3)) },
-      catchup: { bans: CATCHUP, ...Object.fromEntries(Object.entries(c).map(([k, v]) => [k, +v.toFixed(2)])), stored: stored.n, in_nft_set: inSet },
-      propagation_phase_s: +((propDone - benchStart) / 1000).toFixed(1),
-      total_s: +((Date.now() - benchStart) / 1000).toFixed(1),
-    }) + '\n',
-  );
+  emitResult('fleet-propagation', {
+    samples: SAMPLES,
+    warmup: WARMUP,
+    propagation_ms: { ...P, raw: prop.map((x) => +x.toFixed(3)) },
+    a_banned_to_b_store_ms: { ...S, raw: toStore.map((x) => +x.toFixed(3)) },
+    append_to_b_element_ms: { ...E, raw: e2e.map((x) => +x.toFixed(3)) },
+    append_to_a_banned_ms: { ...D, raw: aDecide.map((x) => +x.toFixed(3)) },
+    catchup: { bans: CATCHUP, ...Object.fromEntries(Object.entries(c).map(([k, v]) => [k, +v.toFixed(2)])), stored: stored.n, in_nft_set: inSet },
+    propagation_phase_s: +((propDone - benchStart) / 1000).toFixed(1),
+    total_s: +((Date.now() - benchStart) / 1000).toFixed(1),
+  });
 } finally {
   for (const p of procs.reverse()) await p.stop().catch(() => {});
   lab.dispose();

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NetnsLab, netnsSupport } from '../test/helpers/netns.ts';
+import { emitResult } from './lib/result.ts';
 
 /*
  * Line-to-drop latency: a failure line appended to the followed log -> the address present in the kernel's nft set.
@@ -18,6 +19,7 @@ const SAMPLES = Math.min(Number(process.argv[2] ?? 300), 500);
 const sup = netnsSupport();
 if (!sup.ok) {
   process.stdout.write(`line-to-drop: skipped, missing ${sup.why} (run as root with nftables and iproute2)\n`);
+  emitResult('line-to-drop', { skipped: `missing ${sup.why}` });
   process.exit(0);
 }
 
@@ -84,6 +86,14 @@ try {
     `line-to-drop (append -> nft element, ${lat.length} bans): median ${q(0.5).toFixed(2)} ms, p90 ${q(0.9).toFixed(2)} ms, ` +
       `p99 ${q(0.99).toFixed(2)} ms, max ${lat.at(-1)!.toFixed(2)} ms (target p99 < 20 ms; fail2ban polling: up to 1000 ms)\n`,
   );
+  emitResult('line-to-drop', {
+    samples: lat.length,
+    median_ms: +q(0.5).toFixed(3),
+    p90_ms: +q(0.9).toFixed(3),
+    p99_ms: +q(0.99).toFixed(3),
+    max_ms: +lat.at(-1)!.toFixed(3),
+    target_p99_ms: 20,
+  });
   monitor.kill('SIGTERM');
   daemon.kill('SIGTERM');
 } finally {

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 import { NftablesEnforcer } from '../src/firewall/nftables.ts';
 import type { Enforcement } from '../src/firewall/types.ts';
+import { emitResult } from './lib/result.ts';
 
 export interface NftBulkResult {
   bans: number;
@@ -104,4 +105,16 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
       '',
     ].join('\n'),
   );
+  const r1 = (x: number) => +x.toFixed(1);
+  emitResult('nft-bulk', {
+    bans: r.bans,
+    ban_ms: r1(r.banMs),
+    restore_ms: r1(r.restoreMs),
+    restart_ms: r1(r.restartMs),
+    relist_ban_ms: r1(r.relistBanMs),
+    list_ms: r1(r.listMs),
+    unban_ms: r1(r.unbanMs),
+    elements_after_ban: r.elementsAfterBan,
+    target_ms: 2000,
+  });
 }

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { openSqliteStore } from '../src/store/sqlite-store.ts';
+import { emitResult } from './lib/result.ts';
 
 export interface StoreBansBenchResult {
   bans: number;
@@ -84,4 +85,13 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   console.log(`store: file size after close: ${(r.fileBytes / 1024 / 1024).toFixed(1)} MiB (${r.fileBytes} bytes)`);
   console.log(`store: reopen (schema check, banned_ip sync, quick_check): ${r.reopenMs.toFixed(0)} ms`);
   console.log(`store: one committed addBan outside a transaction: ${r.committedBanMs.toFixed(2)} ms`);
+  emitResult('store-bans', {
+    bans: r.bans,
+    add_ms: +r.addMs.toFixed(1),
+    read_active_ms: +r.readActiveMs.toFixed(1),
+    active: r.activeCount,
+    file_bytes: r.fileBytes,
+    reopen_ms: +r.reopenMs.toFixed(1),
+    committed_ban_ms: +r.committedBanMs.toFixed(3),
+  });
 }

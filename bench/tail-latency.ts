@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createFileSource } from '../src/sources/file-source.ts';
 import type { Position, PositionStore } from '../src/sources/types.ts';
+import { emitResult } from './lib/result.ts';
 
 const LINES = Number(process.argv[2] ?? 300);
 const POLL_MS = Number(process.argv[3] ?? 250);
@@ -48,6 +49,7 @@ async function measure(mode: 'inotify' | 'poll', count: number): Promise<{ media
   return { median: quantile(samples, 0.5), p99: quantile(samples, 0.99), max: samples[samples.length - 1]! };
 }
 
+const figures: Record<string, unknown> = {};
 for (const mode of ['inotify', 'poll'] as const) {
   // Poll mode costs ~pollIntervalMs per line: fewer samples.
   const count = mode === 'poll' ? Math.min(LINES, 80) : LINES;
@@ -56,4 +58,6 @@ for (const mode of ['inotify', 'poll'] as const) {
     `${mode.padEnd(8)} lines=${count} median=${r.median.toFixed(2)} ms  p99=${r.p99.toFixed(2)} ms  max=${r.max.toFixed(2)} ms` +
       (mode === 'poll' ? `  (pollIntervalMs=${POLL_MS})` : ''),
   );
+  figures[mode] = { lines: count, median_ms: +r.median.toFixed(3), p99_ms: +r.p99.toFixed(3), max_ms: +r.max.toFixed(3), ...(mode === 'poll' ? { poll_interval_ms: POLL_MS } : {}) };
 }
+emitResult('tail-latency', figures);
