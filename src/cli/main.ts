@@ -13,6 +13,7 @@ import { installServiceCommand, uninstallServiceCommand, type InstallOptions } f
 import { createLogger } from '../util/logger.ts';
 import { findDatabase, GeoIp } from '../geo/geoip.ts';
 import { describeCountryPolicy } from '../geo/country-policy.ts';
+import { loadToken } from '../api/http/config.ts';
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage. */
 const EXIT_RUNTIME = 1;
@@ -209,6 +210,14 @@ export function buildProgram(): Command {
     .addHelpText('after', '\nExample:\n  tsfilter config check --config /etc/tsfilter/config.json\n')
     .action((o: { config?: string }) => {
       const config = load(o.config);
+      // What `run` would refuse at start beyond the schema: a token file that is missing or readable by others.
+      if (config.api) {
+        try {
+          loadToken(config.api);
+        } catch (e) {
+          throw new ConfigError(config.file, [{ path: 'api.token_file', message: (e as Error).message.replace(/^api\.token_file /, '') }]);
+        }
+      }
       const enabled = config.rules.filter((r) => r.enabled);
       process.stdout.write(
         `${config.file}: OK (${enabled.length} rule${enabled.length === 1 ? '' : 's'}: ${enabled
