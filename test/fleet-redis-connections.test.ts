@@ -67,7 +67,7 @@ function logs(): Logger & { lines: string[] } {
 
 function ban(ip: string, node: string): FleetEvent {
   const at = Date.now();
-  return { v: 1, kind: 'ban', ip, node, at, rule: 'ssh', reason: 'test', createdAt: at, expiresAt: at + 3600_000, scope: null, country: null };
+  return { v: 1, kind: 'ban', ip, node, at, rule: 'ssh', reason: 'test', createdAt: at, expiresAt: at + 3600_000, scope: null, country: null, countryCode: null };
 }
 
 async function waitFor(cond: () => boolean | Promise<boolean>, ms: number, what: string | (() => string)): Promise<void> {

@@ -579,13 +579,15 @@ export class Lab {
         '',
       ].join('\n'),
     );
-    const t = run([SSHD, '-t', '-f', config]);
+    // Checked where it will run: with the private /run that holds /run/sshd (the host's may have none).
+    const sshdTest = (f: string) => run(this.wrap('server', [SSHD, '-t', '-f', f], { privateMounts: {} }));
+    const t = sshdTest(config);
     if (t.status !== 0) throw new Error(`sshd -t rejects the lab config: ${String(t.stderr)}`);
     // OpenSSH 9.8+ penalises addresses that fail authentication by refusing their connections for a while; here
     // only TSFilter may keep anyone out (the admin fails as often as the attacker and must still connect).
     const withPenaltiesOff = readFileSync(config, 'utf8') + 'PerSourcePenalties no\n';
     writeFileSync(config + '.probe', withPenaltiesOff);
-    if (run([SSHD, '-t', '-f', config + '.probe']).status === 0) writeFileSync(config, withPenaltiesOff);
+    if (sshdTest(config + '.probe').status === 0) writeFileSync(config, withPenaltiesOff);
     rmSync(config + '.probe', { force: true });
 
     let logFile: string;
