@@ -92,7 +92,7 @@ export class StoreError extends Error {
 
 /** The columns every ban query selects, in this order; rows are read in raw (array) mode, which is about twice as fast
  * as better-sqlite3's object rows for activeBans() over 100k bans. */
-const BAN_COLUMNS =
+export const BAN_COLUMNS =
   'id, ip, rule, reason, created_at, expires_at, failures, ban_count, origin, server, country, lines, ended_at, end_reason, banned_ip_id, scope, country_code';
 type RawBan = [number, string, string, string, number, number | null, number, number, string, string, string | null, string | null, number | null, string | null, number | null, string | null, string | null];
 
@@ -117,7 +117,8 @@ function recordFromRaw(a: RawBan): BanRecord {
   return rec;
 }
 
-interface BanRow {
+/** A bans row as BAN_COLUMNS selects it (object mode). */
+export interface BanRow {
   id: number;
   ip: string;
   rule: string;
@@ -273,7 +274,8 @@ function toRecord(r: BanRow): BanRecord {
   return rec;
 }
 
-function toStored(r: BanRow): StoredBan {
+/** A row as the store's StoredBan: what history() returns (the HTTP API maps its own reads with it too). */
+export function toStored(r: BanRow): StoredBan {
   return { ...toRecord(r), id: r.id, endedAt: r.ended_at, endReason: r.end_reason };
 }
 

@@ -11,7 +11,8 @@
  */
 import type { Logger } from '../../util/logger.ts';
 import { toApiBan, type ApiBan } from './queries.ts';
-import { toStoredBan, type BanRow, type ReadDb } from './read-db.ts';
+import { toStored, type BanRow } from '../../store/sqlite-store.ts';
+import type { ReadDb } from './read-db.ts';
 
 export const POLL_MS = 250;
 const SLACK_MS = 60_000;
@@ -130,7 +131,7 @@ export class BanFeed {
       for (const r of ended.all(now - SLACK_MS, this.lastId) as BanRow[]) {
         if (this.seen.has(r.id)) continue;
         seen.push([r.id, r.ended_at!]);
-        const b = toStoredBan(r);
+        const b = toStored(r);
         first.push({ type: 'unban', ban: toApiBan(b, now), cause: endCause(r.end_reason) });
       }
       batches.push(first);
@@ -139,7 +140,7 @@ export class BanFeed {
         const rows = added.all(lastId) as BanRow[];
         const batch: FeedEvent[] = [];
         for (const r of rows) {
-          const b = toStoredBan(r);
+          const b = toStored(r);
           const view = toApiBan(b, now);
           batch.push({ type: 'ban', ban: view });
           // Made and already ended before this poll: both events, in that order.

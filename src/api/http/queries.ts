@@ -7,8 +7,8 @@
  */
 import { explained, toListed, type ExplainedBan, type ListedBan } from '../protocol.ts';
 import { canonicalTarget, targetContains } from '../../firewall/target.ts';
-import type { StoredBan } from '../../store/sqlite-store.ts';
-import { toStoredBan, type BanRow, type ReadDb } from './read-db.ts';
+import { toStored, type BanRow, type StoredBan } from '../../store/sqlite-store.ts';
+import type { ReadDb } from './read-db.ts';
 
 export const BAN_STATES = ['active', 'ended', 'all'] as const;
 export type BanState = (typeof BAN_STATES)[number];
@@ -83,8 +83,8 @@ function where(rdb: ReadDb, f: BanFilter, now: number): { sql: string; params: u
   if (f.country !== undefined) {
     if (/^[A-Za-z]{2}$/.test(f.country)) {
       // Older rows hold only the name; a code matches rows that have one.
-      parts.push(rdb.hasCountryCode ? 'b.country_code = ?' : '0');
-      if (rdb.hasCountryCode) params.push(f.country.toUpperCase());
+      parts.push('b.country_code = ?');
+      params.push(f.country.toUpperCase());
     } else {
       parts.push('b.country = ? COLLATE NOCASE');
       params.push(f.country);
@@ -179,7 +179,7 @@ export function listBans(
   const total = totals ? totals.get(JSON.stringify(f), count) : count();
   const last = rows[rows.length - 1];
   return {
-    bans: rows.map((r) => toApiBan(toStoredBan(r), now)),
+    bans: rows.map((r) => toApiBan(toStored(r), now)),
     total,
     next_cursor: more && last ? encodeCursor({ createdAt: last.created_at, id: last.id }) : null,
   };
@@ -191,7 +191,7 @@ export function listBans(
  */
 export function explainIp(rdb: ReadDb, ip: string, now: number): { ip: string; bans: ExplainedBan[]; covered_by: string[] } {
   const rows = rdb.db.prepare(`SELECT ${rdb.columns} FROM bans b WHERE b.ip = ? ORDER BY b.created_at, b.id`).all(ip) as BanRow[];
-  const bans = rows.map((r) => explained(toStoredBan(r), now));
+  const bans = rows.map((r) => explained(toStored(r), now));
   const self = canonicalTarget(ip);
   let coveredBy: string[] = [];
   if (self && !self.isPrefix) {

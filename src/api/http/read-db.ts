@@ -5,41 +5,19 @@
  * `tsfilter list` and `tsfilter explain` do.
  */
 import Database from 'better-sqlite3';
-import { parseScope } from '../../firewall/port-scope.ts';
-import type { BanOrigin, BanRecord } from '../../store/types.ts';
-import type { StoredBan } from '../../store/sqlite-store.ts';
+import { BAN_COLUMNS, SCHEMA_VERSION, type BanRow } from '../../store/sqlite-store.ts';
+
+export type { BanRow };
 
 export type Db = Database.Database;
 
 export interface ReadDb {
   readonly db: Db;
-  /** Whether bans has a country_code column (schema 4 and later). */
-  readonly hasCountryCode: boolean;
   /** The column list every ban query selects (see BanRow). */
   readonly columns: string;
   /** Changes whenever another connection (the daemon) commits: a cheap "has anything changed?" check. */
   dataVersion(): number;
   close(): void;
-}
-
-/** A bans row as the API queries select it (see ReadDb.columns). */
-export interface BanRow {
-  id: number;
-  ip: string;
-  rule: string;
-  reason: string;
-  created_at: number;
-  expires_at: number | null;
-  failures: number;
-  ban_count: number;
-  origin: string;
-  server: string;
-  country: string | null;
-  country_code: string | null;
-  lines: string | null;
-  ended_at: number | null;
-  end_reason: string | null;
-  scope: string | null;
 }
 
 export function openReadDb(file: string): ReadDb {
@@ -51,17 +29,13 @@ export function openReadDb(file: string): ReadDb {
     throw new Error(`the HTTP API cannot open the store ${file} read-only: ${(e as Error).message}`);
   }
   try {
-    const cols = new Set((db.prepare('SELECT name FROM pragma_table_info(?)').all('bans') as { name: string }[]).map((r) => r.name));
-    if (!cols.has('ip') || !cols.has('ended_at')) throw new Error('it has no TSFilter bans table (start the daemon once to create it)');
-    const hasCountryCode = cols.has('country_code');
-    const columns =
-      'id, ip, rule, reason, created_at, expires_at, failures, ban_count, origin, server, country, ' +
-      `${hasCountryCode ? 'country_code' : 'NULL AS country_code'}, lines, ended_at, end_reason, ${cols.has('scope') ? 'scope' : 'NULL AS scope'}`;
+    // The daemon opens (and migrates) the store before it starts the API, so anything else is not our store.
+    const schema = db.pragma('user_version', { simple: true }) as number;
+    if (schema !== SCHEMA_VERSION) throw new Error(`its schema version is ${schema}, not ${SCHEMA_VERSION} (start the daemon once to create or upgrade it)`);
     const version = db.prepare('PRAGMA data_version').pluck();
     return {
       db,
-      hasCountryCode,
-      columns,
+      columns: BAN_COLUMNS,
       dataVersion: () => version.get() as number,
       close: () => db.close(),
     };
@@ -69,36 +43,4 @@ export function openReadDb(file: string): ReadDb {
     db.close();
     throw new Error(`the HTTP API cannot use the store ${file}: ${(e as Error).message}`);
   }
-}
-
-function parseLines(json: string | null): string[] | undefined {
-  if (json === null) return undefined;
-  try {
-    const v: unknown = JSON.parse(json);
-    return Array.isArray(v) ? v.map(String) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** The row as the store's own StoredBan (what history() returns), so the shared formatters apply unchanged. */
-export function toStoredBan(r: BanRow): StoredBan {
-  const rec: BanRecord = {
-    ip: r.ip,
-    rule: r.rule,
-    reason: r.reason,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
-    failures: r.failures,
-    banCount: r.ban_count,
-    origin: r.origin as BanOrigin,
-    server: r.server,
-    country: r.country,
-  };
-  if (r.country_code !== null) rec.countryCode = r.country_code;
-  const lines = parseLines(r.lines);
-  if (lines !== undefined) rec.lines = lines;
-  const scope = parseScope(r.scope);
-  if (scope !== null) rec.scope = scope;
-  return { ...rec, id: r.id, endedAt: r.ended_at, endReason: r.end_reason };
 }

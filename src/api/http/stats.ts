@@ -77,7 +77,7 @@ export function computeStats(rdb: ReadDb, now: number): Stats {
     // `tsfilter list` and GET /api/bans do, so by_rule[x].active is the total of /api/bans?rule=x.
     const groups = db
       .prepare(
-        `SELECT b.rule, b.country, ${rdb.hasCountryCode ? 'max(b.country_code)' : 'NULL'} AS code, b.origin, count(*) AS total,
+        `SELECT b.rule, b.country, max(b.country_code) AS code, b.origin, count(*) AS total,
            sum(CASE WHEN ${activeOf('b')} THEN NOT EXISTS (SELECT 1 FROM bans c WHERE c.ip = b.ip AND ${activeOf('c')} AND c.id < b.id) ELSE 0 END) AS active
          FROM bans b GROUP BY b.rule, b.country, b.origin`,
       )
