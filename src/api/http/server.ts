@@ -11,6 +11,7 @@
  *   POST   /api/bans                     {"ip", "duration"?, "reason"?}           bearer token
  *   DELETE /api/bans/:ip                                                          bearer token
  *   GET    /metrics                      Prometheus text format
+ *   GET    /, /app.js, /style.css, ...   the web dashboard (with api.dashboard; dashboard.ts)
  *
  * Errors are JSON {"error": "...", "field"?: "..."}: 400 bad request, 401 missing or wrong token, 403 writes disabled
  * (no token configured) or Host not allowed, 404, 405, 413 body too large, 415 not JSON, 422 refused ban, 503 too
@@ -32,6 +33,7 @@ import { countActive, explainIp, listBans, TotalCache } from './queries.ts';
 import { statsCache } from './stats.ts';
 import { BanFeed } from './ban-feed.ts';
 import { eventStreams } from './sse.ts';
+import { mountDashboard } from './dashboard.ts';
 import { ApiError, banBody, bansQuery, check, emptyQuery, readJsonBody, singleQuery } from './validate.ts';
 
 export interface HttpApiDeps {
@@ -57,6 +59,15 @@ type Env = { Bindings: HttpBindings };
 
 function isLoopback(host: string): boolean {
   return host === '::1' || host.startsWith('127.');
+}
+
+/** The address or prefix in a URL path; a 400 naming the field when it is neither. */
+function pathIp(text: string): string {
+  try {
+    return parseIp(text);
+  } catch (e) {
+    throw new ApiError(400, (e as Error).message, 'ip');
+  }
 }
 
 export async function startHttpApi(deps: HttpApiDeps, s: ApiSettings): Promise<HttpApi> {
@@ -129,12 +140,7 @@ export async function startHttpApi(deps: HttpApiDeps, s: ApiSettings): Promise<H
   const explain = (c: Context<Env>, text: string) => {
     authorize(c, 'read');
     noQuery(c);
-    let ip: string;
-    try {
-      ip = parseIp(text);
-    } catch (e) {
-      throw new ApiError(400, (e as Error).message, 'ip');
-    }
+    const ip = pathIp(text);
     return c.json(explainIp(rdb, ip, Date.now()));
   };
   app.get('/api/bans/:ip/explain', (c) => explain(c, c.req.param('ip')));
@@ -195,12 +201,7 @@ export async function startHttpApi(deps: HttpApiDeps, s: ApiSettings): Promise<H
   const unban = async (c: Context<Env>, text: string) => {
     authorize(c, 'write');
     noQuery(c);
-    let ip: string;
-    try {
-      ip = parseIp(text);
-    } catch (e) {
-      throw new ApiError(400, (e as Error).message, 'ip');
-    }
+    const ip = pathIp(text);
     return c.json(await write(c, { cmd: 'unban', ip }));
   };
   app.delete('/api/bans/:ip', (c) => unban(c, c.req.param('ip')));
@@ -213,6 +214,8 @@ export async function startHttpApi(deps: HttpApiDeps, s: ApiSettings): Promise<H
       return c.body(text, 200, { 'content-type': metrics.contentType });
     });
   }
+
+  if (s.dashboard) mountDashboard(app, { logger });
 
   // A known path with another method: 405 with the methods it has.
   const allow: [string, string][] = [
