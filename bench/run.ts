@@ -41,6 +41,7 @@ const BENCHES: Bench[] = [
   { id: 'fleet', name: "fleet sync: ban on A -> element in B's nft set, and B catching up on 10,000 bans (issue 5: p99 < 50 ms, < 2 s; needs root and redis-server, runs in a netns)", args: ['bench/fleet-propagation.ts', '200'], timeoutS: 180 },
   { id: 'firewall', name: 'firewall backends (nftables, ipset, iptables, PyFilter) on the same 100,000 bans (needs root, runs in netns)', args: ['bench/firewall-backends.ts'], timeoutS: 180 },
   { id: 'daemon', name: 'daemon: start-up time and idle RSS (defaults, dry-run firewall)', args: ['bench/daemon-idle.ts', '3', '3'], timeoutS: 120 },
+  { id: 'dashboard', name: 'dashboard: Chromium load to totals and charts drawn with 100,000 bans, and the API calls it makes (needs chromium)', args: ['bench/dashboard-100k.ts'], timeoutS: 180 },
   { id: 'replay', name: 'replay throughput alone (2M lines; the peers bench runs it beside the peers)', args: ['bench/replay-throughput.ts'], timeoutS: 180, extra: true },
   { id: 'rules', name: 'rules only (parse path) on the corpus repeated', args: ['bench/rules-throughput.ts'], timeoutS: 120, extra: true },
 ];
@@ -155,7 +156,7 @@ for (const b of selected) {
   benches[b.id] = { name: b.name, ...r };
   if (r.result && typeof r.result.bench === 'string') results[r.result.bench] = r.result;
   else if (r.status !== 'ok') {
-    const key = { peers: 'peers-throughput', memory: 'detect-memory', store: 'store-bans', tail: 'tail-latency', fleet: 'fleet-propagation', firewall: 'firewall-backends', daemon: 'daemon-idle', replay: 'replay-throughput', rules: 'rules-throughput' }[b.id] ?? b.id;
+    const key = { peers: 'peers-throughput', memory: 'detect-memory', store: 'store-bans', tail: 'tail-latency', fleet: 'fleet-propagation', firewall: 'firewall-backends', daemon: 'daemon-idle', dashboard: 'dashboard-100k', replay: 'replay-throughput', rules: 'rules-throughput' }[b.id] ?? b.id;
     results[key] = { bench: key, error: r.status };
   }
 }

@@ -96,7 +96,7 @@ test('bad requests get a 4xx with a JSON error naming the field, and the daemon 
 
     // Routes and methods.
     await expect(call(h.url, 'GET', '/api/nothing'), 404, undefined, /not found: GET \/api\/nothing/, 'unknown route');
-    await expect(call(h.url, 'GET', '/'), 404, undefined, /not found/, 'no dashboard yet');
+    await expect(call(h.url, 'GET', '/index.php'), 404, undefined, /not found/, 'unknown page');
     await expect(call(h.url, 'PUT', '/api/bans', { token: TOKEN }), 405, undefined, /not allowed.*GET, HEAD, POST/, 'wrong method');
     assert.equal((await call(h.url, 'PATCH', '/api/bans/203.0.113.20')).headers.get('allow'), 'DELETE');
     await expect(call(h.url, 'GET', '/metrics'), 404, undefined, /not found/, 'metrics off');

@@ -28,6 +28,7 @@ test('the api block: off when absent or disabled, loopback by default, every fie
     tokenFile: '/etc/tsfilter/api.token',
     readRequiresToken: false,
     metrics: true,
+    dashboard: true,
     allowedHosts: [],
     maxBodyBytes: 16_384,
     maxEventClients: 64,

@@ -62,14 +62,15 @@ test('npm pack gives a package whose global install is a working tsfilter comman
     assert.deepEqual(tarballs, [`tsfilter-${VERSION}.tgz`]);
     const tgz = path.join(packDir, tarballs[0]!);
 
-    // Only what runs: the built CLI, the bundled config, the README and package.json; no sources, tests or benchmarks.
+    // Only what runs: the built CLI, the bundled config, the dashboard's static files, the README and package.json;
+    // no sources, tests or benchmarks.
     const list = run('tar', ['-tzf', tgz], work);
     assert.equal(list.status, 0, show(list));
     const entries = list.stdout.split('\n').filter(Boolean);
-    for (const needed of ['package/package.json', 'package/README.md', 'package/config/config.default.json', 'package/dist/cli/main.js', 'package/dist/daemon.js']) {
+    for (const needed of ['package/package.json', 'package/README.md', 'package/config/config.default.json', 'package/dist/cli/main.js', 'package/dist/daemon.js', 'package/dist/api/http/dashboard.js', 'package/web/index.html', 'package/web/app.js', 'package/web/style.css']) {
       assert.ok(entries.includes(needed), `${needed} missing from the package:\n${entries.join('\n')}`);
     }
-    const stray = entries.filter((e) => !/^package\/(dist\/.*\.js|config\/[^/]+\.json|README\.md|package\.json|LICENSE)$/.test(e));
+    const stray = entries.filter((e) => !/^package\/(dist\/.*\.js|config\/[^/]+\.json|web\/[a-z0-9-]+\.(html|js|css|svg)|README\.md|package\.json|LICENSE)$/.test(e));
     assert.deepEqual(stray, [], 'files in the package that the installed command does not need');
 
     const install = run('npm', ['install', '-g', '--prefix', prefix, tgz], work);
@@ -117,6 +118,7 @@ test('npm pack gives a package whose global install is a working tsfilter comman
         failed_attempts: 3, find_time: 600, ban_time: 600,
         rules: { app: { log_files: log, regex_patterns: ['^login failed from (?<host>\\S+)$'] } },
       },
+      api: { listen: '127.0.0.1:0', metrics: false },
     }));
     const daemon = spawn(bin, ['run', '--config', cfg], { cwd: work, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let daemonOut = '';
@@ -131,6 +133,15 @@ test('npm pack gives a package whose global install is a working tsfilter comman
       const list = tsfilter('list', '--json', '--config', cfg);
       assert.equal(list.status, 0, show(list));
       assert.equal((JSON.parse(list.stdout.trim()) as { ip: string }).ip, '203.0.113.77');
+      // The dashboard, served from the installed package's web/ (dist/api/http/ is three levels below it too).
+      const api = /msg="api: listening" url=(\S+)/.exec(daemonOut);
+      assert.ok(api, `the API did not start:\n${daemonOut}`);
+      for (const [p, file] of [['/', 'index.html'], ['/app.js', 'app.js'], ['/style.css', 'style.css']] as const) {
+        const r: Response = await fetch(api[1] + p);
+        assert.equal(r.status, 200, `${p}: ${daemonOut}`);
+        assert.equal(await r.text(), readFileSync(path.join(pkgDir, 'web', file), 'utf8'), p);
+      }
+      assert.equal(((await (await fetch(`${api[1]}/api/bans`)).json()) as { total: number }).total, 1);
     } finally {
       daemon.kill('SIGTERM');
       await exited;

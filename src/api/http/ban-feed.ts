@@ -120,7 +120,10 @@ export class BanFeed {
   private read(): FeedEvent[][] {
     const { db, columns } = this.rdb;
     const now = this.clock();
-    const ended = db.prepare(`SELECT ${columns} FROM bans b WHERE b.ended_at >= ? AND b.id <= ? ORDER BY b.ended_at, b.id`);
+    // Ids first (the bans_ended index answers it), whole rows only for those not yet reported: after a mass end
+    // (unban --all, the first expiry pass after downtime) every poll for a minute would otherwise re-read them all.
+    const ended = db.prepare('SELECT id FROM bans WHERE ended_at >= ? AND id <= ? ORDER BY ended_at, id').pluck();
+    const byId = db.prepare(`SELECT ${columns} FROM bans b WHERE b.id = ?`);
     const added = db.prepare(`SELECT ${columns} FROM bans b WHERE b.id > ? ORDER BY b.id LIMIT ${CHUNK}`);
     // Applied only once everything was read: a failed read is retried from the same place, losing nothing.
     const seen: [number, number][] = [];
@@ -128,8 +131,9 @@ export class BanFeed {
       const batches: FeedEvent[][] = [];
       // Bans that existed before and ended since: first, so a replaced ban's unban comes before its replacement.
       const first: FeedEvent[] = [];
-      for (const r of ended.all(now - SLACK_MS, this.lastId) as BanRow[]) {
-        if (this.seen.has(r.id)) continue;
+      for (const id of ended.all(now - SLACK_MS, this.lastId) as number[]) {
+        if (this.seen.has(id)) continue;
+        const r = byId.get(id) as BanRow;
         seen.push([r.id, r.ended_at!]);
         const b = toStored(r);
         first.push({ type: 'unban', ban: toApiBan(b, now), cause: endCause(r.end_reason) });

@@ -65,6 +65,10 @@ const apiObject = z.strictObject({
     .describe('File holding the bearer token (surrounding whitespace ignored). It must be readable by its owner only (chmod 600), or the daemon refuses to start.'),
   read_requires_token: z.boolean().default(false).describe('Require the token for reads too (status, bans, stats, events, /metrics); otherwise anyone who can reach the address can read them.'),
   metrics: z.boolean().default(true).describe('Serve Prometheus metrics at /metrics.'),
+  dashboard: z
+    .boolean()
+    .default(true)
+    .describe('Serve the web dashboard at / (totals, charts, live bans, search, an address\'s story; ban and unban with the token). Its files come from the package itself: nothing is loaded from the internet.'),
   allowed_hosts: z
     .array(z.string().min(1).max(253).regex(/^[A-Za-z0-9.-]+$/, { error: 'expected a host name' }))
     .default([])
@@ -99,6 +103,8 @@ export interface ApiSettings {
   tokenFile: string | null;
   readRequiresToken: boolean;
   metrics: boolean;
+  /** Serve the web dashboard at /. */
+  dashboard: boolean;
   allowedHosts: string[];
   maxBodyBytes: number;
   maxEventClients: number;
@@ -114,6 +120,7 @@ export function apiSettings(raw: RawApiConfig | undefined, cwd: string): ApiSett
     tokenFile: raw.token_file === null ? null : path.resolve(cwd, raw.token_file),
     readRequiresToken: raw.read_requires_token,
     metrics: raw.metrics,
+    dashboard: raw.dashboard,
     allowedHosts: raw.allowed_hosts.map((h) => h.toLowerCase()),
     maxBodyBytes: raw.max_body_bytes,
     maxEventClients: raw.max_event_clients,
