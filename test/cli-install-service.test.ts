@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -41,6 +41,17 @@ function writeConfig(dir: string, name: string, settings: Record<string, unknown
   const f = path.join(dir, name);
   writeFileSync(f, JSON.stringify({ settings }));
   return f;
+}
+
+
+/** As root, with the CLI built: a temp dir with an empty systemd unit directory and a recording systemctl (null: skipped). */
+function installLab(t: TestContext, failOn?: string): { dir: string; sys: string; ctl: ReturnType<typeof recordingSystemctl> } | null {
+  if (!requirePrereq(t, process.getuid?.() === 0, 'root', 'run the tests as root (install-service refuses otherwise)')) return null;
+  ensureBuilt();
+  const dir = tmp(t);
+  const sys = path.join(dir, 'system');
+  mkdirSync(sys, { recursive: true });
+  return { dir, sys, ctl: recordingSystemctl(dir, failOn) };
 }
 
 test('--print shows a complete hardened unit with absolute paths and changes nothing', (t) => {
@@ -127,12 +138,9 @@ test('systemd-analyze verify accepts the unit without a warning', (t) => {
 });
 
 test('install writes, reloads and enables; a second install does nothing; a change restarts; uninstall reverses', (t) => {
-  if (!requirePrereq(t, process.getuid?.() === 0, 'root', 'run the tests as root (install-service refuses otherwise)')) return;
-  ensureBuilt();
-  const dir = tmp(t);
-  const sys = path.join(dir, 'system');
-  mkdirSync(sys, { recursive: true });
-  const ctl = recordingSystemctl(dir);
+  const lab = installLab(t);
+  if (lab === null) return;
+  const { dir, sys, ctl } = lab;
   const env = { TSFILTER_SYSTEMD_DIR: sys, TSFILTER_SYSTEMCTL: ctl.bin };
   const cfg = writeConfig(dir, 'a.json', { data_dir: '/var/lib/tsfilter' });
   const unitFile = path.join(sys, 'tsfilter.service');
@@ -170,12 +178,9 @@ test('install writes, reloads and enables; a second install does nothing; a chan
 });
 
 test('install refuses a missing config, and reports a failing systemctl', (t) => {
-  if (!requirePrereq(t, process.getuid?.() === 0, 'root', 'run the tests as root (install-service refuses otherwise)')) return;
-  ensureBuilt();
-  const dir = tmp(t);
-  const sys = path.join(dir, 'system');
-  mkdirSync(sys, { recursive: true });
-  const ctl = recordingSystemctl(dir, 'enable');
+  const lab = installLab(t, 'enable');
+  if (lab === null) return;
+  const { dir, sys, ctl } = lab;
   const env = { TSFILTER_SYSTEMD_DIR: sys, TSFILTER_SYSTEMCTL: ctl.bin };
 
   const missing = runCli(['install-service', '--config', path.join(dir, 'nope.json')], { env });
@@ -217,12 +222,9 @@ test('not root: install and uninstall refuse, naming what needs root; --print st
 });
 
 test('without --config, a missing default config is written from the bundled defaults (0600 in a 0755 directory), never over an existing one', (t) => {
-  if (!requirePrereq(t, process.getuid?.() === 0, 'root', 'run the tests as root (install-service refuses otherwise)')) return;
-  ensureBuilt();
-  const dir = tmp(t);
-  const sys = path.join(dir, 'system');
-  mkdirSync(sys, { recursive: true });
-  const ctl = recordingSystemctl(dir);
+  const lab = installLab(t);
+  if (lab === null) return;
+  const { dir, sys, ctl } = lab;
   // The parent of etc/tsfilter does not exist either: a fresh machine has no /etc/tsfilter.
   const cfg = path.join(dir, 'etc/tsfilter/config.json');
   const env = { TSFILTER_SYSTEMD_DIR: sys, TSFILTER_SYSTEMCTL: ctl.bin, TSFILTER_SYSTEM_CONFIG: cfg };
@@ -265,12 +267,9 @@ test('without --config, a missing default config is written from the bundled def
 });
 
 test('an explicit --config that does not exist is still refused, and the default config is not written for it', (t) => {
-  if (!requirePrereq(t, process.getuid?.() === 0, 'root', 'run the tests as root (install-service refuses otherwise)')) return;
-  ensureBuilt();
-  const dir = tmp(t);
-  const sys = path.join(dir, 'system');
-  mkdirSync(sys, { recursive: true });
-  const ctl = recordingSystemctl(dir);
+  const lab = installLab(t);
+  if (lab === null) return;
+  const { dir, sys, ctl } = lab;
   const def = path.join(dir, 'etc/tsfilter/config.json');
   const env = { TSFILTER_SYSTEMD_DIR: sys, TSFILTER_SYSTEMCTL: ctl.bin, TSFILTER_SYSTEM_CONFIG: def };
   const r = runCli(['install-service', '--config', path.join(dir, 'typo.json')], { env });
