@@ -72,9 +72,7 @@ class RuleState {
   readonly findMs: number;
   /** An entry whose newest failure is older than watermark - idleMs is dropped. */
   readonly idleMs: number;
-  /** Evidence lines kept per entry. */
-  readonly lineCap: number;
-  /** The highest threshold any address can have (failedAttempts unless an override raises it): ring sizes. */
+  /** The highest threshold any address can have (failedAttempts unless an override raises it). */
   readonly maxLimit: number;
   readonly entries = new Map<string, Entry>();
 
@@ -93,11 +91,9 @@ class RuleState {
     if (this.mode === GAP) {
       // Never forget an entry while its next failure could still count (forgetAfter < requestTime would do that).
       this.idleMs = Math.max(forgetMs, this.requestMs);
-      this.lineCap = Math.min(this.maxLimit + 1, MAX_EVIDENCE_LINES);
     } else {
       // Once every failure has left the window the entry holds nothing that can count again.
       this.idleMs = Math.min(forgetMs, this.findMs);
-      this.lineCap = Math.min(this.maxLimit, MAX_EVIDENCE_LINES);
     }
   }
 }
@@ -134,10 +130,10 @@ class Entry {
   last: number;
   /** gap: PyFilter's amount. window: timestamps held in `times`. */
   amount = 0;
-  /** window: ring of failure times, oldest at `tStart`; at most rule.maxLimit long. Empty in gap mode. */
+  /** window: ring of failure times, oldest at `tStart`; at most `cap` long. Empty in gap mode. */
   times: number[];
   tStart = 0;
-  /** Ring of evidence lines, oldest at `lStart`, at most rule.lineCap long (grows as needed). */
+  /** Ring of evidence lines, oldest at `lStart`, at most lineCap() long (grows as needed). */
   lines: string[];
   lStart = 0;
 
@@ -145,6 +141,11 @@ class Entry {
     readonly rule: RuleState,
     readonly ip: string,
     time: number,
+    /**
+     * This address's threshold when it was created (the rule's failedAttempts, or its country's number): it sizes
+     * the rings, so one large number in a policy does not grow every address's memory.
+     */
+    public cap: number,
   ) {
     this.seen = time;
     this.last = time;
@@ -153,8 +154,22 @@ class Entry {
     this.lines = [];
   }
 
+  /** Evidence lines kept: the failures that can count (gap counting bans at cap + 1). */
+  private lineCap(): number {
+    return Math.min(this.rule.mode === GAP ? this.cap + 1 : this.cap, MAX_EVIDENCE_LINES);
+  }
+
+  /** A higher threshold than the entry was made with (the GeoIP database changed): unwrap both rings, then grow. */
+  grow(cap: number): void {
+    this.times = this.times === NO_TIMES ? NO_TIMES : this.orderedTimes();
+    this.tStart = 0;
+    this.lines = this.orderedLines();
+    this.lStart = 0;
+    this.cap = cap;
+  }
+
   pushLine(line: string): void {
-    const cap = this.rule.lineCap;
+    const cap = this.lineCap();
     const ls = this.lines;
     if (ls.length < cap) {
       ls.push(evidence(line));
@@ -171,7 +186,7 @@ class Entry {
   }
 
   pushTime(t: number): void {
-    const cap = this.rule.maxLimit;
+    const cap = this.cap;
     const ts = this.times;
     if (ts.length < cap) {
       ts.push(t);
@@ -299,10 +314,11 @@ class Detector implements TrackingDetector {
           if (limit !== rs.failedAttempts) d.limit = limit;
           return d;
         }
-        this.create(rs, ip, t, m.line);
+        this.create(rs, ip, t, m.line, limit);
         return null;
       }
       if (t > e.seen) e.seen = t;
+      if (limit > e.cap) e.grow(limit);
       if (rs.mode === GAP) {
         // PyFilter: old = last_request; last_request = t; if (t - old) > request_time: return; amount += 1.
         // A negative difference (out-of-order lines) counts as within.
@@ -355,7 +371,9 @@ class Detector implements TrackingDetector {
 
   /** The decision for an entry that has earned its ban (gap or window counting); the entry is dropped. */
   private banned(e: Entry, time: number, failures: number, limit: number): BanDecision {
-    const d: BanDecision = { ip: e.ip, rule: e.rule.name, time, failures, instant: false, lines: e.orderedLines() };
+    // Only the lines of the failures that counted (a lowered threshold leaves older ones in the ring).
+    const lines = e.orderedLines();
+    const d: BanDecision = { ip: e.ip, rule: e.rule.name, time, failures, instant: false, lines: lines.length > failures ? lines.slice(-failures) : lines };
     if (limit !== e.rule.failedAttempts) d.limit = limit;
     this.drop(e);
     return d;
@@ -438,7 +456,8 @@ class Detector implements TrackingDetector {
       const old = rs.entries.get(s.ip);
       if (old !== undefined) this.drop(old);
       this.removedKeys.get(rs.name)?.delete(s.ip);
-      const e = this.insert(rs, detach(s.ip), s.updatedAt);
+      const saved = rs.mode === GAP ? 0 : (parsed.t as number[]).length;
+      const e = this.insert(rs, detach(s.ip), s.updatedAt, Math.min(rs.maxLimit, Math.max(rs.failedAttempts, saved)));
       if (rs.mode === GAP) {
         // A count at or above the threshold (failedAttempts lowered since) would ban on the next counted failure.
         e.amount = Math.min(parsed.a as number, rs.maxLimit - 1);
@@ -457,22 +476,22 @@ class Detector implements TrackingDetector {
 
   // --- list plumbing -------------------------------------------------------------------------------------------
 
-  private create(rs: RuleState, ip: string, t: number, line: string): Entry {
-    const e = this.insert(rs, detach(ip), t);
+  private create(rs: RuleState, ip: string, t: number, line: string, cap: number): Entry {
+    const e = this.insert(rs, detach(ip), t, cap);
     e.pushLine(line);
     this.markDirty(e);
     return e;
   }
 
   /** Adds a new entry at the LRU tail, first making room under the cap. */
-  private insert(rs: RuleState, ip: string, t: number): Entry {
+  private insert(rs: RuleState, ip: string, t: number, cap: number): Entry {
     while (this.count >= this.maxTracked) {
       const h = this.lruHead!;
       if (h.seen + h.rule.idleMs < this.watermark) this.expiredCount++;
       else this.evicted++;
       this.drop(h);
     }
-    const e = new Entry(rs, ip, t);
+    const e = new Entry(rs, ip, t, cap);
     rs.entries.set(ip, e);
     e.prev = this.lruTail;
     if (this.lruTail === null) this.lruHead = e;
