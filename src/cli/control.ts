@@ -2,6 +2,7 @@
  * tsfilter ban / unban / list / status: through the running daemon's control socket, or, when no daemon answers,
  * directly on the SQLite store (ban, unban, list), applied by the daemon when it starts.
  */
+import { escapeControls } from '../util/terminal-text.ts';
 import { existsSync, mkdirSync } from 'node:fs';
 import type { Config } from '../config/load.ts';
 import { DaemonNotRunning, request } from '../api/control-client.ts';
@@ -163,7 +164,7 @@ export async function listCommand(config: Config, o: { json?: boolean }, out: Ou
   }
   const rows = [['IP', 'RULE', 'BLOCKS', 'ORIGIN', 'NODE', 'SINCE', 'EXPIRES', 'BANS', 'COUNTRY', 'REASON']];
   for (const b of bans) {
-    rows.push([b.ip, b.rule, b.blocks ?? 'all', b.origin, b.node ?? '-', b.since, b.expires ?? 'permanent', String(b.ban_count), b.country_code ?? b.country ?? '-', JSON.stringify(b.reason).slice(1, -1)]);
+    rows.push([b.ip, b.rule, b.blocks ?? 'all', b.origin, b.node ?? '-', b.since, b.expires ?? 'permanent', String(b.ban_count), b.country_code ?? b.country ?? '-', escapeControls(b.reason)]);
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
   for (const row of rows) out(row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  '));

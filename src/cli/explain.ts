@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { escapeControls } from '../util/terminal-text.ts';
 import type { Config } from '../config/load.ts';
 import { explained, parseIp } from '../api/protocol.ts';
 import { canonicalTarget, targetContains } from '../firewall/target.ts';
@@ -46,8 +47,8 @@ export function explainCommand(config: Config, ipText: string, o: { json?: boole
       out(`ban ${b.ban_count} of ${ip}: ${state}`);
       out(`  rule ${b.rule}, origin ${b.origin}, node ${b.node}${countryText(b.country_code, b.country)}, blocks ${b.blocks}`);
       out(`  since ${b.since}, ${b.expires === null ? 'permanent' : `until ${b.expires} (${b.duration_s} s)`}`);
-      out(`  ${b.failures} failure(s): ${b.reason}`);
-      for (const l of b.lines) out(`    | ${l}`);
+      out(`  ${b.failures} failure(s): ${escapeControls(b.reason)}`);
+      for (const l of b.lines) out(`    | ${escapeControls(l)}`);
     }
     if (bans.length > 1) {
       const durations = bans.map((b) => (b.duration_s === null ? 'permanent' : `${b.duration_s} s`));

@@ -3,6 +3,7 @@
  * file and shows per line which pattern matched, its captures and the parsed time, the matches that were refused and
  * why, optionally the unmatched lines, and per pattern how many lines it matched, flagging the ones that never did.
  */
+import { escapeControls, jsonLine, printable } from '../util/terminal-text.ts';
 import { accessSync, constants, statSync } from 'node:fs';
 import type { Config } from '../config/load.ts';
 import { compileRuleForInspection, quotePattern } from '../rules/compile.ts';
@@ -205,23 +206,6 @@ function checkReadable(file: string, hint: string): void {
 
 // ---------------------------------------------------------------- output
 
-// Log lines are attacker-controlled: nothing from them reaches a terminal unescaped (C0/C1 controls, DEL, line and
-// paragraph separators, bidi overrides that could make a line read as something else).
-const UNSAFE_TEXT = /[\\"\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
-const UNSAFE_JSON = /[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
-const SHORT: Record<string, string> = { '\\': '\\\\', '"': '\\"', '\n': '\\n', '\r': '\\r', '\t': '\\t' };
-const u4 = (c: string) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0');
-
-/** `s` in double quotes with control characters escaped. */
-export function printable(s: string): string {
-  return '"' + s.replace(UNSAFE_TEXT, (c) => SHORT[c] ?? u4(c)) + '"';
-}
-
-/** JSON.stringify, with the characters it leaves raw but a terminal would act on escaped too (still valid JSON). */
-function jsonLine(v: unknown): string {
-  return JSON.stringify(v).replace(UNSAFE_JSON, u4);
-}
-
 const iso = (ms: number) => new Date(ms).toISOString();
 const fieldsText = (f: Record<string, string>) => Object.entries(f).map(([k, v]) => `${k}=${printable(v)}`).join(' ');
 const INDENT = ' '.repeat(9);
@@ -247,17 +231,17 @@ function textEvent(e: TestEvent, out: (s: string) => void): void {
     return;
   }
   if (e.kind === 'rejected') {
-    out(`${head}${e.rule}  rejected  ${e.pattern}: ${e.reason}`);
+    out(`${head}${e.rule}  rejected  ${e.pattern}: ${escapeControls(e.reason)}`);
     if (Object.keys(e.fields).length) out(INDENT + fieldsText(e.fields));
-    for (const r of e.rejections) out(`${INDENT}also ${r.pattern}: ${r.reason}`);
+    for (const r of e.rejections) out(`${INDENT}also ${r.pattern}: ${escapeControls(r.reason)}`);
     out(`${INDENT}line ${printable(e.text)}`);
     return;
   }
   const from = e.timeFrom === 'line' ? 'from the line' : e.timeFrom === 'source' ? 'from the source'
-    : `arrival time: ${e.timeError ?? 'the pattern captures no time'}`;
+    : `arrival time: ${escapeControls(e.timeError ?? 'the pattern captures no time')}`;
   out(`${head}${e.rule}  ${e.kind.padEnd(7)}  ${e.pattern}  ${e.ip}  ${iso(e.time)} (${from})`);
   out(INDENT + fieldsText(e.fields));
-  for (const r of e.rejections) out(`${INDENT}${r.pattern} matched first but was rejected: ${r.reason}`);
+  for (const r of e.rejections) out(`${INDENT}${r.pattern} matched first but was rejected: ${escapeControls(r.reason)}`);
 }
 
 const flagOf = (p: PatternStats): string | null =>
