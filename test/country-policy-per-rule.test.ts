@@ -141,6 +141,7 @@ test('a bad country policy is a config error naming the rule, the key and what w
       [{ GB: 'ban' }, /settings\.rules\.ssh\.countries\.GB: expected "instant", "never", "default" or a number of failed attempts/],
       [{ GB: 0 }, /settings\.rules\.ssh\.countries\.GB: expected a number of failed attempts of at least 1/],
       [['GB'], /settings\.rules\.ssh\.countries: /],
+      [{ gb: 2, GB: 'never' }, /settings\.rules\.ssh\.countries\.GB: "GB" is the same country as "gb"/],
     ] as const) {
       const cfg = JSON.parse(readFileSync(path.join(REPO, 'config/config.default.json'), 'utf8'));
       cfg.settings.rules.ssh.countries = countries;

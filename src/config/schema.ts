@@ -58,7 +58,14 @@ const countryAction = z.union(
 const countryPolicy = z
   .record(z.string(), countryAction)
   .superRefine((rec, ctx) => {
+    const seen = new Map<string, string>();
     for (const key of Object.keys(rec)) {
+      const norm = key === '*' || key === 'unknown' ? key : key.toUpperCase();
+      const before = seen.get(norm);
+      if (before !== undefined) {
+        ctx.addIssue({ code: 'custom', path: [key], message: `${JSON.stringify(key)} is the same country as ${JSON.stringify(before)}: give each country once` });
+      }
+      seen.set(norm, key);
       if (key === '*' || key === 'unknown' || /^[A-Za-z]{2}$/.test(key)) continue;
       ctx.addIssue({
         code: 'custom',
