@@ -211,6 +211,8 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
   upP.catch(() => {});
   let control: ControlServer | null = null;
   let http: HttpApi | null = null;
+  let apiError: string | null = null;
+  let apiRetry: NodeJS.Timeout | null = null;
   let opened: ReturnType<typeof openSqliteStore> | undefined;
   let cur: Built;
   const startedAt = Date.now();
@@ -223,6 +225,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
   let stopping = false;
   const cleanup = async () => {
     stopping = true;
+    if (apiRetry !== null) clearTimeout(apiRetry);
     await http?.close().catch(() => {});
     for (const t of timers) clearInterval(t);
     for (const s of sources) await s.stop().catch(() => {});
@@ -488,6 +491,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
         enforcement: bans.enforcementStatus(),
         protection: guard.status(),
         ...(sync ? { fleet: sync.status() } : {}),
+        ...(initial.api ? { api: { url: http?.url ?? null, error: apiError } } : {}),
       };
     };
 
@@ -584,7 +588,29 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
           return { status: status() };
       }
     };
-    if (initial.api) http = await startHttpApi({ control: handle, storePath: initial.sqlitePath, logger, metrics }, initial.api);
+    // The API is a window on the daemon, not part of the protection: when it cannot start (its port taken, even by
+    // an unprivileged local user), the daemon runs on without it and keeps retrying, instead of exiting and leaving
+    // the server unprotected in a restart loop.
+    const api = initial.api;
+    const startApi = async (attempt: number): Promise<void> => {
+      apiRetry = null;
+      if (stopping || api === null) return;
+      try {
+        const h = await startHttpApi({ control: handle, storePath: initial.sqlitePath, logger, metrics }, api);
+        if (stopping) {
+          await h.close();
+          return;
+        }
+        http = h;
+        apiError = null;
+      } catch (e) {
+        apiError = (e as Error).message;
+        const delayMs = Math.min(60_000, 1000 * 2 ** Math.min(attempt, 6));
+        logger.error('api: cannot start; protection goes on without it, retrying', { error: apiError, retry_in_s: delayMs / 1000 });
+        apiRetry = setTimeout(() => void startApi(attempt + 1), delayMs);
+      }
+    };
+    await startApi(0);
     handleWhenUp = handle;
     up();
 
@@ -608,6 +634,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
         await reloading;
         stopping = true;
         for (const t of timers) clearInterval(t);
+        if (apiRetry !== null) clearTimeout(apiRetry);
         await http?.close();
         await control?.close();
         for (const s of sources) await s.stop();
