@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { call, startHarness } from './helpers/http-api.ts';
+import { call, startHarness, TOKEN } from './helpers/http-api.ts';
 import { REPO } from './helpers/cli.ts';
 import { apiSchema, apiSettings } from '../src/api/http/config.ts';
 import { DASHBOARD_CSP, WEB_DIR } from '../src/api/http/dashboard.ts';
@@ -29,8 +29,10 @@ function rawGet(url: string, target: string): Promise<{ status: number; body: st
 
 test('the daemon serves the dashboard at / from the package\'s web/ folder, with its content types, a strict CSP and revalidation', { timeout: 60_000 }, async () => {
   assert.equal(WEB_DIR, path.join(REPO, 'web') + path.sep, 'web/ is found three levels above src/api/http');
+  // A token is configured, so reads need it: the page's own files do not (it asks for the token itself).
   const h = await startHarness();
   try {
+    assert.equal((await call(h.url, 'GET', '/api/stats')).status, 401);
     for (const [p, file, type] of FILES) {
       const r = await call(h.url, 'GET', p);
       assert.equal(r.status, 200, `${p}: ${r.text.slice(0, 200)}`);
@@ -94,7 +96,7 @@ test('api.dashboard: on by default, and false serves no dashboard while the API 
       assert.equal(r.status, 404, p);
       assert.equal(r.headers.get('content-security-policy'), null);
     }
-    assert.equal((await call(h.url, 'GET', '/api/stats')).status, 200);
+    assert.equal((await call(h.url, 'GET', '/api/stats', { token: TOKEN })).status, 200);
   } finally {
     await h.close();
   }

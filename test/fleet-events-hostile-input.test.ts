@@ -42,3 +42,31 @@ test('hostile or broken events are refused with the reason, never thrown', () =>
     assert.match(r.error, why, String(text).slice(0, 80));
   }
 });
+
+test('times a JavaScript date cannot show, or a ban longer than 100 years, are refused: a hostile node cannot wedge the views', () => {
+  const YEAR_9999_END = 253_402_300_799_999;
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ ...ok, expiresAt: 1e16 }, /expiresAt must be null \(permanent\) or a time in ms after 1970 and not after the year 9999/],
+    [{ ...ok, createdAt: 1e16, expiresAt: null }, /createdAt must be a time/],
+    [{ ...ok, at: 1e16 }, /at must be a time/],
+    [{ ...ok, at: 8.64e15 + 1 }, /at must be a time/],
+    [{ ...ok, createdAt: 0 }, /createdAt/],
+    [{ ...ok, createdAt: -5 }, /createdAt/],
+    [{ ...ok, expiresAt: -1 }, /expiresAt/],
+    [{ ...ok, expiresAt: YEAR_9999_END + 1 }, /expiresAt/],
+    [{ ...ok, createdAt: 1_700_000_000_000, expiresAt: 1_700_000_000_000 + 3_153_600_000_000 + 2 * 86_400_000 }, /expiresAt lies more than 3153600000 s \(100 years/],
+    [{ v: 1, kind: 'unban', ip: '192.0.2.7', node: 'B', at: 1e300 }, /at must be a time/],
+  ];
+  for (const [ev, why] of cases) {
+    const r = parseEvent(JSON.stringify(ev), 16384);
+    assert.ok('error' in r, `accepted: ${JSON.stringify(ev)}`);
+    assert.match(r.error, why, JSON.stringify(ev));
+  }
+  // The longest ban there is, and the last representable times, still pass.
+  for (const ev of [
+    { ...ok, expiresAt: ok.createdAt + 3_153_600_000_000 },
+    { ...ok, createdAt: YEAR_9999_END, expiresAt: YEAR_9999_END, at: YEAR_9999_END },
+  ]) {
+    assert.ok('event' in parseEvent(JSON.stringify(ev), 16384), JSON.stringify(ev));
+  }
+});

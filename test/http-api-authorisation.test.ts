@@ -53,8 +53,7 @@ test('writes need the bearer token: none or a wrong one is 401 and changes nothi
     assert.deepEqual(del.json, { ip, removed: true, enforced: true, still_blocked_by: null });
     assert.equal(isBanned(h.config.sqlitePath, ip), false);
 
-    // Reads are open by default; GET /api tells a client whether its token is valid.
-    assert.equal((await call(h.url, 'GET', '/api/bans')).status, 200);
+    // GET /api tells a client whether its token is valid.
     assert.equal((await call(h.url, 'GET', '/api')).json.token_valid, null);
     assert.equal((await call(h.url, 'GET', '/api', { token: TOKEN })).json.token_valid, true);
     assert.equal((await call(h.url, 'GET', '/api', { token: 'wrong-token-0123456789abcdef' })).json.token_valid, false);
@@ -63,7 +62,7 @@ test('writes need the bearer token: none or a wrong one is 401 and changes nothi
   }
 });
 
-test('without any token configured writes are disabled (403) and GET /api says so; reads still work', { timeout: 60_000 }, async () => {
+test('without any token configured writes are disabled (403) and GET /api says so; reads still work, with a warning', { timeout: 60_000 }, async () => {
   const h = await startHarness({ api: { token: null } });
   try {
     const r = await call(h.url, 'POST', '/api/bans', { token: TOKEN, body: { ip: '203.0.113.11' } });
@@ -73,28 +72,72 @@ test('without any token configured writes are disabled (403) and GET /api says s
     assert.equal(isBanned(h.config.sqlitePath, '203.0.113.11'), false);
     assert.deepEqual((await call(h.url, 'GET', '/api')).json, { writes_enabled: false, read_requires_token: false, metrics: false, token_valid: null });
     assert.equal((await call(h.url, 'GET', '/api/status')).status, 200);
+    assert.equal((await call(h.url, 'GET', '/api/bans/192.0.2.9/explain')).status, 200);
+    assert.ok(h.logs.some((l) => /level=warn msg="api: no token configured: every local user can read the bans and the log lines behind them/.test(l)), h.logs.join('\n'));
   } finally {
     await h.close();
   }
 });
 
-test('read_requires_token: every read (status, bans, explain, stats, events, metrics) needs the token', { timeout: 60_000 }, async () => {
-  const h = await startHarness({ api: { read_requires_token: true }, metrics: true });
-  try {
-    for (const p of ['/api/status', '/api/bans', '/api/bans/192.0.2.9/explain', '/api/stats', '/api/events', '/metrics']) {
-      assert.equal((await call(h.url, 'GET', p)).status, 401, p);
-      assert.equal((await call(h.url, 'GET', p, { token: 'wrong-token-0123456789abcdef' })).status, 401, p);
-      if (p === '/api/events') {
-        const ac = new AbortController();
-        const r = await fetch(h.url + p, { headers: { authorization: `Bearer ${TOKEN}` }, signal: ac.signal });
-        assert.equal(r.status, 200);
-        ac.abort();
-      } else {
-        assert.equal((await call(h.url, 'GET', p, { token: TOKEN })).status, 200, p);
-      }
+/** Every read endpoint: 401 without the token or with a wrong one, 200 with it. */
+async function readsNeedTheToken(url: string): Promise<void> {
+  for (const p of ['/api/status', '/api/bans', '/api/bans/192.0.2.9/explain', '/api/stats', '/api/events', '/metrics']) {
+    assert.equal((await call(url, 'GET', p)).status, 401, p);
+    assert.equal((await call(url, 'GET', p, { token: 'wrong-token-0123456789abcdef' })).status, 401, p);
+    if (p === '/api/events') {
+      const ac = new AbortController();
+      const r = await fetch(url + p, { headers: { authorization: `Bearer ${TOKEN}` }, signal: ac.signal });
+      assert.equal(r.status, 200);
+      ac.abort();
+    } else {
+      assert.equal((await call(url, 'GET', p, { token: TOKEN })).status, 200, p);
     }
-    // The discovery endpoint stays open, so a dashboard can ask for a token.
-    assert.equal((await call(h.url, 'GET', '/api')).json.read_requires_token, true);
+  }
+  // The discovery endpoint stays open, so a dashboard can ask for a token.
+  assert.equal((await call(url, 'GET', '/api')).json.read_requires_token, true);
+}
+
+test('with a token configured, every read (status, bans, explain, stats, events, metrics) needs it by default, as with read_requires_token: true', { timeout: 90_000 }, async () => {
+  // The explain story holds raw lines of root-only logs: no read_requires_token setting must not open them.
+  for (const api of [{}, { read_requires_token: null }, { read_requires_token: true }]) {
+    const h = await startHarness({ api, metrics: true });
+    try {
+      await readsNeedTheToken(h.url);
+    } finally {
+      await h.close();
+    }
+  }
+});
+
+test('with a token_file configured, reads need the token by default too', { timeout: 60_000 }, async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'tsf-token-'));
+  try {
+    const file = path.join(dir, 'api.token');
+    writeFileSync(file, `${TOKEN}\n`, { mode: 0o600 });
+    const h = await startHarness({ api: { token: null, token_file: file }, metrics: true });
+    try {
+      await readsNeedTheToken(h.url);
+    } finally {
+      await h.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('read_requires_token: false opens every read to anyone, while writes still need the token', { timeout: 60_000 }, async () => {
+  const h = await startHarness({ api: { read_requires_token: false }, metrics: true });
+  try {
+    for (const p of ['/api/status', '/api/bans', '/api/bans/192.0.2.9/explain', '/api/stats', '/metrics']) {
+      assert.equal((await call(h.url, 'GET', p)).status, 200, p);
+    }
+    const ac = new AbortController();
+    const r = await fetch(`${h.url}/api/events`, { signal: ac.signal });
+    assert.equal(r.status, 200);
+    ac.abort();
+    assert.equal((await call(h.url, 'GET', '/api')).json.read_requires_token, false);
+    assert.equal((await call(h.url, 'POST', '/api/bans', { body: { ip: '203.0.113.13' } })).status, 401);
+    assert.equal(isBanned(h.config.sqlitePath, '203.0.113.13'), false);
   } finally {
     await h.close();
   }
@@ -139,7 +182,7 @@ test('a Host header naming something else than an IP, localhost or allowed_hosts
       new Promise<number>((resolve, reject) => {
         // fetch() will not send a foreign Host header; node:http will.
         import('node:http').then(({ request }) => {
-          const req = request({ host: '127.0.0.1', port, path: '/api/bans', headers: { host } }, (res) => {
+          const req = request({ host: '127.0.0.1', port, path: '/api/bans', headers: { host, authorization: `Bearer ${TOKEN}` } }, (res) => {
             res.resume();
             resolve(res.statusCode ?? 0);
           });

@@ -41,7 +41,7 @@ test('bad requests get a 4xx with a JSON error naming the field, and the daemon 
     await expect(post({ ip: 12 }), 400, 'ip', /expected an IP address or CIDR prefix as a string/, 'ip not a string');
     await expect(post({}), 400, 'ip', /expected an IP address/, 'no ip');
     await expect(call(h.url, 'DELETE', '/api/bans/nope', { token: TOKEN }), 400, 'ip', /not an IP address/, 'bad ip to unban');
-    await expect(call(h.url, 'GET', '/api/bans/1.2.3/explain'), 400, 'ip', /not an IP address/, 'bad ip to explain');
+    await expect(call(h.url, 'GET', '/api/bans/1.2.3/explain', { token: TOKEN }), 400, 'ip', /not an IP address/, 'bad ip to explain');
     // Refused by the daemon's own rules, as `tsfilter ban` would be.
     await expect(post({ ip: '127.0.0.1' }), 422, 'ip', /refusing to ban it/, 'loopback');
     await expect(post({ ip: '10.0.0.0/4' }), 422, 'ip', /wider than/, 'prefix too wide');
@@ -74,32 +74,32 @@ test('bad requests get a 4xx with a JSON error naming the field, and the daemon 
     assert.match(big.json.error, /larger than 1024 bytes/);
 
     // Queries.
-    await expect(call(h.url, 'GET', '/api/bans?limit=0'), 400, 'limit', /at least 1/, 'limit 0');
-    await expect(call(h.url, 'GET', '/api/bans?limit=1001'), 400, 'limit', /at most 1000/, 'limit too large');
-    await expect(call(h.url, 'GET', '/api/bans?limit=ten'), 400, 'limit', /whole number/, 'limit not a number');
-    await expect(call(h.url, 'GET', '/api/bans?limit=1e2'), 400, 'limit', /whole number/, 'limit in exponent form');
-    await expect(call(h.url, 'GET', '/api/bans?offset=-1'), 400, 'offset', /whole number/, 'negative offset');
-    await expect(call(h.url, 'GET', '/api/bans?cursor=garbage!'), 400, 'cursor', /not a cursor/, 'bad cursor');
-    await expect(call(h.url, 'GET', `/api/bans?cursor=${Buffer.from('1.x').toString('base64url')}`), 400, 'cursor', /not a cursor/, 'forged cursor');
-    await expect(call(h.url, 'GET', `/api/bans?cursor=${Buffer.from('1.2').toString('base64url')}&offset=3`), 400, 'offset', /not both/, 'cursor and offset');
-    await expect(call(h.url, 'GET', '/api/bans?colour=red'), 400, 'colour', /unknown query parameter "colour"/, 'unknown filter');
-    await expect(call(h.url, 'GET', '/api/bans?__proto__=x'), 400, '__proto__', /unknown query parameter/, '__proto__');
-    await expect(call(h.url, 'GET', '/api/bans?rule=a&rule=b'), 400, 'rule', /more than once/, 'repeated filter');
-    await expect(call(h.url, 'GET', '/api/bans?state=maybe'), 400, 'state', /active, ended, all/, 'bad state');
-    await expect(call(h.url, 'GET', '/api/bans?origin=martian'), 400, 'origin', /local, manual, remote, pyfilter/, 'bad origin');
-    await expect(call(h.url, 'GET', '/api/bans?since=yesterday'), 400, 'since', /ISO 8601/, 'bad time');
-    await expect(call(h.url, 'GET', '/api/bans?since=2024-02-30T25:00:00Z'), 400, 'since', /ISO 8601/, 'impossible time');
-    await expect(call(h.url, 'GET', '/api/bans?since=2024-05-02&until=2024-05-01'), 400, 'until', /before since/, 'reversed range');
-    await expect(call(h.url, 'GET', '/api/bans?q=%27%20OR%201%3D1'), 400, 'q', /start of an address/, 'search text');
-    await expect(call(h.url, 'GET', '/api/bans?ip=x'), 400, 'ip', /not an IP/, 'bad ip filter');
-    await expect(call(h.url, 'GET', '/api/stats?days=3'), 400, 'days', /unknown query parameter/, 'stats take no parameters');
+    await expect(call(h.url, 'GET', '/api/bans?limit=0', { token: TOKEN }), 400, 'limit', /at least 1/, 'limit 0');
+    await expect(call(h.url, 'GET', '/api/bans?limit=1001', { token: TOKEN }), 400, 'limit', /at most 1000/, 'limit too large');
+    await expect(call(h.url, 'GET', '/api/bans?limit=ten', { token: TOKEN }), 400, 'limit', /whole number/, 'limit not a number');
+    await expect(call(h.url, 'GET', '/api/bans?limit=1e2', { token: TOKEN }), 400, 'limit', /whole number/, 'limit in exponent form');
+    await expect(call(h.url, 'GET', '/api/bans?offset=-1', { token: TOKEN }), 400, 'offset', /whole number/, 'negative offset');
+    await expect(call(h.url, 'GET', '/api/bans?cursor=garbage!', { token: TOKEN }), 400, 'cursor', /not a cursor/, 'bad cursor');
+    await expect(call(h.url, 'GET', `/api/bans?cursor=${Buffer.from('1.x').toString('base64url')}`, { token: TOKEN }), 400, 'cursor', /not a cursor/, 'forged cursor');
+    await expect(call(h.url, 'GET', `/api/bans?cursor=${Buffer.from('r2').toString('base64url')}&offset=3`, { token: TOKEN }), 400, 'offset', /not both/, 'cursor and offset');
+    await expect(call(h.url, 'GET', '/api/bans?colour=red', { token: TOKEN }), 400, 'colour', /unknown query parameter "colour"/, 'unknown filter');
+    await expect(call(h.url, 'GET', '/api/bans?__proto__=x', { token: TOKEN }), 400, '__proto__', /unknown query parameter/, '__proto__');
+    await expect(call(h.url, 'GET', '/api/bans?rule=a&rule=b', { token: TOKEN }), 400, 'rule', /more than once/, 'repeated filter');
+    await expect(call(h.url, 'GET', '/api/bans?state=maybe', { token: TOKEN }), 400, 'state', /active, ended, all/, 'bad state');
+    await expect(call(h.url, 'GET', '/api/bans?origin=martian', { token: TOKEN }), 400, 'origin', /local, manual, remote, pyfilter/, 'bad origin');
+    await expect(call(h.url, 'GET', '/api/bans?since=yesterday', { token: TOKEN }), 400, 'since', /ISO 8601/, 'bad time');
+    await expect(call(h.url, 'GET', '/api/bans?since=2024-02-30T25:00:00Z', { token: TOKEN }), 400, 'since', /ISO 8601/, 'impossible time');
+    await expect(call(h.url, 'GET', '/api/bans?since=2024-05-02&until=2024-05-01', { token: TOKEN }), 400, 'until', /before since/, 'reversed range');
+    await expect(call(h.url, 'GET', '/api/bans?q=%27%20OR%201%3D1', { token: TOKEN }), 400, 'q', /start of an address/, 'search text');
+    await expect(call(h.url, 'GET', '/api/bans?ip=x', { token: TOKEN }), 400, 'ip', /not an IP/, 'bad ip filter');
+    await expect(call(h.url, 'GET', '/api/stats?days=3', { token: TOKEN }), 400, 'days', /unknown query parameter/, 'stats take no parameters');
 
     // Routes and methods.
-    await expect(call(h.url, 'GET', '/api/nothing'), 404, undefined, /not found: GET \/api\/nothing/, 'unknown route');
-    await expect(call(h.url, 'GET', '/index.php'), 404, undefined, /not found/, 'unknown page');
+    await expect(call(h.url, 'GET', '/api/nothing', { token: TOKEN }), 404, undefined, /not found: GET \/api\/nothing/, 'unknown route');
+    await expect(call(h.url, 'GET', '/index.php', { token: TOKEN }), 404, undefined, /not found/, 'unknown page');
     await expect(call(h.url, 'PUT', '/api/bans', { token: TOKEN }), 405, undefined, /not allowed.*GET, HEAD, POST/, 'wrong method');
     assert.equal((await call(h.url, 'PATCH', '/api/bans/203.0.113.20')).headers.get('allow'), 'DELETE');
-    await expect(call(h.url, 'GET', '/metrics'), 404, undefined, /not found/, 'metrics off');
+    await expect(call(h.url, 'GET', '/metrics', { token: TOKEN }), 404, undefined, /not found/, 'metrics off');
 
     // Nothing was banned by any of it, and the daemon still answers.
     const store = openSqliteStore(h.config.sqlitePath, { readonly: true });
@@ -108,9 +108,9 @@ test('bad requests get a 4xx with a JSON error naming the field, and the daemon 
     } finally {
       store.close();
     }
-    assert.equal((await call(h.url, 'GET', '/api/status')).status, 200);
+    assert.equal((await call(h.url, 'GET', '/api/status', { token: TOKEN })).status, 200);
     assert.equal((await call(h.url, 'POST', '/api/bans', { token: TOKEN, body: { ip: '203.0.113.20', duration: null } })).status, 201);
-    const listed = await call(h.url, 'GET', '/api/bans');
+    const listed = await call(h.url, 'GET', '/api/bans', { token: TOKEN });
     assert.equal(listed.json.bans[0].ip, '203.0.113.20');
     assert.equal(listed.json.bans[0].expires, null, 'duration null: permanent');
   } finally {
@@ -123,14 +123,14 @@ test('every JSON answer carries nosniff and no-store, and an unencoded prefix wo
   try {
     const made = await call(h.url, 'POST', '/api/bans', { token: TOKEN, body: { ip: '198.51.100.0/24', duration: '2h' } });
     assert.equal(made.status, 201, made.text);
-    const r = await call(h.url, 'GET', '/api/bans/198.51.100.0/24/explain');
+    const r = await call(h.url, 'GET', '/api/bans/198.51.100.0/24/explain', { token: TOKEN });
     assert.equal(r.status, 200);
     assert.equal(r.json.ip, '198.51.100.0/24');
     assert.equal(r.json.bans.length, 1);
     assert.equal(r.headers.get('x-content-type-options'), 'nosniff');
     assert.equal(r.headers.get('cache-control'), 'no-store');
     assert.match(r.headers.get('content-type') ?? '', /^application\/json/);
-    const inside = await call(h.url, 'GET', '/api/bans/198.51.100.7/explain');
+    const inside = await call(h.url, 'GET', '/api/bans/198.51.100.7/explain', { token: TOKEN });
     assert.deepEqual(inside.json.covered_by, ['198.51.100.0/24']);
     const del = await call(h.url, 'DELETE', '/api/bans/198.51.100.0/24', { token: TOKEN });
     assert.equal(del.status, 200);

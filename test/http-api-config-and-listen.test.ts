@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { apiSchema, apiSettings, parseListen } from '../src/api/http/config.ts';
 import { startHttpApi } from '../src/api/http/server.ts';
 import { silentLogger } from '../src/util/logger.ts';
-import { call, socketHandler, startHarness } from './helpers/http-api.ts';
+import { call, socketHandler, startHarness, TOKEN } from './helpers/http-api.ts';
 
 test('api.listen: IPv4 and bracketed IPv6 literals with a port; anything else is refused with an example', () => {
   assert.deepEqual(parseListen('127.0.0.1:9707'), { host: '127.0.0.1', port: 9707 });
@@ -26,7 +26,7 @@ test('the api block: off when absent or disabled, loopback by default, every fie
     listen: { host: '127.0.0.1', port: 9707 },
     token: null,
     tokenFile: '/etc/tsfilter/api.token',
-    readRequiresToken: false,
+    readRequiresToken: true,
     metrics: true,
     dashboard: true,
     allowedHosts: [],
@@ -34,6 +34,15 @@ test('the api block: off when absent or disabled, loopback by default, every fie
     maxEventClients: 64,
     heartbeatMs: 15_000,
   });
+  // read_requires_token follows the token unless it is set: reads are open only without a token or when told so.
+  const reads = (v: unknown) => apiSettings(apiSchema.parse(v), '/etc/tsfilter')!.readRequiresToken;
+  assert.equal(reads({}), false, 'no token: reads open (writes disabled)');
+  assert.equal(reads({ token: 'a'.repeat(20) }), true);
+  assert.equal(reads({ token: 'a'.repeat(20), read_requires_token: null }), true);
+  assert.equal(reads({ token_file: 'api.token' }), true);
+  assert.equal(reads({ token: 'a'.repeat(20), read_requires_token: false }), false);
+  assert.equal(reads({ token_file: 'api.token', read_requires_token: true }), true);
+  assert.equal(reads({ read_requires_token: false }), false);
   const fail = (v: unknown, re: RegExp) => {
     const r = apiSchema.safeParse(v);
     assert.equal(r.success, false, JSON.stringify(v));
@@ -63,7 +72,7 @@ test('the API listens on [::1] when told, and a port in use is a clear start-up 
       startHttpApi({ control: socketHandler(h.config.controlSocket), storePath: h.config.sqlitePath, logger: silentLogger }, settings),
       new RegExp(`api\\.listen 127\\.0\\.0\\.1:${port}: cannot listen: the address is already in use`),
     );
-    assert.equal((await call(h.url, 'GET', '/api/status')).status, 200, 'the first API still answers');
+    assert.equal((await call(h.url, 'GET', '/api/status', { token: TOKEN })).status, 200, 'the first API still answers');
 
     const v6 = await new Promise<boolean>((resolve) => {
       const s = net.createServer().once('error', () => resolve(false));

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFileSync } from 'node:fs';
 import { failed } from './helpers/syslog.ts';
-import { call, runCliAsync, SseReader, startHarness, TOKEN } from './helpers/http-api.ts';
+import { AUTH, call, runCliAsync, SseReader, startHarness, TOKEN } from './helpers/http-api.ts';
 
 type Frame = SseReader['frames'][number];
 const isEvent = (type: string, ip: string) => (f: Frame) => 'event' in f && f.event === type && JSON.parse(f.data).ip === ip;
@@ -11,7 +11,7 @@ test('/api/events streams bans and unbans live: from the log, from the API, from
   const h = await startHarness();
   const ac = new AbortController();
   try {
-    const res = await fetch(`${h.url}/api/events`, { signal: ac.signal });
+    const res = await fetch(`${h.url}/api/events`, { headers: AUTH, signal: ac.signal });
     assert.equal(res.status, 200);
     assert.match(res.headers.get('content-type') ?? '', /^text\/event-stream/);
     assert.equal(res.headers.get('cache-control'), 'no-store');
@@ -26,7 +26,7 @@ test('/api/events streams bans and unbans live: from the log, from the API, from
     assert.equal(ban.rule, 'ssh');
     assert.equal(ban.origin, 'local');
     assert.equal(ban.active, true);
-    const listed = (await call(h.url, 'GET', '/api/bans?ip=192.0.2.50')).json.bans[0];
+    const listed = (await call(h.url, 'GET', '/api/bans?ip=192.0.2.50', { token: TOKEN })).json.bans[0];
     assert.deepEqual(ban, listed, 'the event is the ban as GET /api/bans shows it');
 
     // Through the API.
@@ -68,15 +68,15 @@ test('/api/events refuses more than max_event_clients streams (503) and frees th
   try {
     // HEAD requests answer with the headers and hold no stream open.
     for (let i = 0; i < 5; i++) {
-      const head = await fetch(`${h.url}/api/events`, { method: 'HEAD' });
+      const head = await fetch(`${h.url}/api/events`, { method: 'HEAD', headers: AUTH });
       assert.equal(head.status, 200);
       assert.match(head.headers.get('content-type') ?? '', /^text\/event-stream/);
     }
-    const a = await fetch(`${h.url}/api/events`, { signal: acs[0]!.signal });
-    const b = await fetch(`${h.url}/api/events`, { signal: acs[1]!.signal });
+    const a = await fetch(`${h.url}/api/events`, { headers: AUTH, signal: acs[0]!.signal });
+    const b = await fetch(`${h.url}/api/events`, { headers: AUTH, signal: acs[1]!.signal });
     assert.equal(a.status, 200);
     assert.equal(b.status, 200);
-    const c = await call(h.url, 'GET', '/api/events');
+    const c = await call(h.url, 'GET', '/api/events', { token: TOKEN });
     assert.equal(c.status, 503);
     assert.match(c.json.error, /too many event streams open \(api\.max_event_clients = 2\)/);
     // One client goes away; its slot is freed once the server notices the closed connection.
@@ -87,7 +87,7 @@ test('/api/events refuses more than max_event_clients streams (503) and frees th
     let status = 0;
     for (let i = 0; i < 200 && status !== 200; i++) {
       await new Promise((r) => setTimeout(r, 50));
-      const r = await fetch(`${h.url}/api/events`, { signal: acs[2]!.signal }).catch(() => null);
+      const r = await fetch(`${h.url}/api/events`, { headers: AUTH, signal: acs[2]!.signal }).catch(() => null);
       status = r?.status ?? 0;
       if (status !== 200) await r?.text();
     }

@@ -17,7 +17,7 @@ import { failed } from './helpers/syslog.ts';
 import { haveCommand, requirePrereq } from './helpers/prereq.ts';
 import { RedisServer, requireRedis } from './helpers/redis.ts';
 import { sshConfig } from './helpers/daemon.ts';
-import { call, socketHandler, startHarness, TOKEN, type Harness } from './helpers/http-api.ts';
+import { AUTH, call, socketHandler, startHarness, TOKEN, type Harness } from './helpers/http-api.ts';
 
 interface Sample {
   name: string;
@@ -113,7 +113,7 @@ function checkConventions(fams: Map<string, Family>): void {
     if (f.type === 'histogram') assert.match(f.name, /_seconds$/, `${f.name}: durations in seconds`);
     for (const s of f.samples) {
       for (const [k, v] of Object.entries(s.labels)) {
-        assert.ok(['source', 'rule', 'origin', 'enforcer', 'operation', 'node', 'le'].includes(k), `${f.name}: bounded label ${k}`);
+        assert.ok(['source', 'rule', 'origin', 'cause', 'enforcer', 'operation', 'node', 'le'].includes(k), `${f.name}: bounded label ${k}`);
         assert.doesNotMatch(v, /^\d+\.\d+\.\d+\.\d+|:.*:/, `${f.name}: no address as a label value (${k}=${v})`);
       }
     }
@@ -121,7 +121,7 @@ function checkConventions(fams: Map<string, Family>): void {
 }
 
 async function scrape(h: Harness): Promise<{ text: string; fams: Map<string, Family> }> {
-  const r = await fetch(`${h.url}/metrics`);
+  const r = await fetch(`${h.url}/metrics`, { headers: AUTH });
   assert.equal(r.status, 200);
   assert.match(r.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
   const text = await r.text();
@@ -138,7 +138,7 @@ async function until<T>(fn: () => Promise<T | undefined>, what: string, ms = 20_
   }
 }
 
-test('/metrics: lines read and matched per source and rule, failures, bans and unbans per rule and origin, active bans, process metrics', { timeout: 90_000 }, async () => {
+test('/metrics: lines read and matched per source and rule, failures, bans per rule and origin, unbans per rule and cause, active bans, process metrics', { timeout: 90_000 }, async () => {
   const h = await startHarness({
     metrics: true,
     // Bans already in the store count from the start: the counters agree with the store across restarts.
@@ -151,7 +151,7 @@ test('/metrics: lines read and matched per source and rule, failures, bans and u
   try {
     const before = await scrape(h);
     assert.equal(value(before.fams, 'tsfilter_bans_total', { rule: 'nginx', origin: 'remote' }), 2);
-    assert.equal(value(before.fams, 'tsfilter_unbans_total', { rule: 'nginx', origin: 'remote' }), 1);
+    assert.equal(value(before.fams, 'tsfilter_unbans_total', { rule: 'nginx', cause: 'remote' }), 1);
     assert.equal(value(before.fams, 'tsfilter_active_bans'), 1);
     assert.equal(value(before.fams, 'tsfilter_source_lines_read_total', { source: 'ssh:files' }), 0);
 
@@ -179,7 +179,7 @@ test('/metrics: lines read and matched per source and rule, failures, bans and u
     assert.equal((await call(h.url, 'DELETE', '/api/bans/192.0.2.60', { token: TOKEN })).status, 200);
     const last = await until(async () => {
       const s = await scrape(h);
-      return value(s.fams, 'tsfilter_unbans_total', { rule: 'ssh', origin: 'manual' }) === 1 ? s : undefined;
+      return value(s.fams, 'tsfilter_unbans_total', { rule: 'ssh', cause: 'manual' }) === 1 ? s : undefined;
     }, 'the unban to be counted');
     assert.equal(value(last.fams, 'tsfilter_bans_total', { rule: 'manual', origin: 'manual' }), 1);
     assert.equal(value(last.fams, 'tsfilter_active_bans'), 2);

@@ -270,3 +270,23 @@ test('a store from before country codes (schema 3) upgrades in place: old bans k
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('times outside 1970 to the year 9999 are refused without writing: every view can render what the store holds', async () => {
+  const { MAX_TIME_MS } = await import('../src/store/sqlite-store.ts');
+  assert.equal(new Date(MAX_TIME_MS).toISOString(), '9999-12-31T23:59:59.999Z');
+  withStore((store, file) => {
+    for (const [createdAt, expiresAt] of [[1e16, null], [T0, 1e16], [-1, null], [T0, MAX_TIME_MS + 1], [T0, Number.POSITIVE_INFINITY]] as [number, number | null][]) {
+      assert.throws(() => store.addBan(ban('192.0.2.9', createdAt, expiresAt)), (e: Error) => e instanceof TypeError && /store: ban (createdAt|expiresAt) must be/.test(e.message), `${createdAt} ${expiresAt}`);
+    }
+    assert.throws(() => store.saveCounters([{ rule: 'sshd', ip: '192.0.2.9', state: '{}', updatedAt: 1e17 }], []), /counter updatedAt must be from 0 to/);
+    assert.equal(store.history('192.0.2.9').length, 0);
+    const raw = new Database(file, { readonly: true });
+    try {
+      assert.equal(raw.prepare('SELECT count(*) FROM banned_ip').pluck().get(), 0, 'no mirror row either');
+    } finally {
+      raw.close();
+    }
+    // The edges themselves are times.
+    assert.equal(store.addBan(ban('192.0.2.10', T0, MAX_TIME_MS)).added, true);
+  });
+});

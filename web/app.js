@@ -217,7 +217,7 @@ function tokenPanel() {
     'div',
     { class: 'card needs-token', 'data-needs-token': true },
     h('h2', null, 'This daemon needs the API token to show anything'),
-    h('p', null, 'Its API is set to read_requires_token. Enter the token (api.token, or the contents of api.token_file) under "Token" at the top.'),
+    h('p', null, 'With a token configured, reading needs it too (api.read_requires_token). Enter the token (api.token, or the contents of api.token_file) under "Token" at the top.'),
   );
 }
 
@@ -529,8 +529,13 @@ function renderTimeline() {
   );
 }
 
+/** A by_country row's search: by name, as the row was counted (bans from PyFilter nodes carry only the name). */
+function countryFilter(c) {
+  return c.country ?? c.code;
+}
+
 function countryHref(c) {
-  return searchHref({ state: 'all', country: c.code ?? c.country });
+  return searchHref({ state: 'all', country: countryFilter(c) });
 }
 
 function renderCountries() {
@@ -756,7 +761,7 @@ async function showSearch(params, seq) {
     { class: 'search-form', id: 'search-form', role: 'search' },
     h('label', null, 'Address starts with', q),
     h('label', null, 'Rule', select('rule', f.rule, [['', 'any'], ...rules.map((r) => [r.rule, r.rule])])),
-    h('label', null, 'Country', select('country', f.country, [['', 'any'], ...countries.map((c) => [c.code ?? c.country, countryText(c.country, c.code)])])),
+    h('label', null, 'Country', select('country', f.country, [['', 'any'], ...countries.map((c) => [countryFilter(c), countryText(c.country, c.code)])])),
     h('label', null, 'Origin', select('origin', f.origin, [['', 'any'], ['local', 'local'], ['manual', 'manual'], ['remote', 'remote'], ['pyfilter', 'pyfilter']])),
     h('label', null, 'Node', h('input', { name: 'node', value: f.node, autocomplete: 'off', maxlength: 200 })),
     h('label', null, 'State', select('state', f.state, [['all', 'all'], ['active', 'active'], ['ended', 'ended']])),

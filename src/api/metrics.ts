@@ -61,8 +61,8 @@ export class Metrics {
   private readonly bans = new client.Counter({ name: 'tsfilter_bans_total', help: 'Bans recorded in the store, per rule and origin (local, manual, remote, pyfilter).', labelNames: ['rule', 'origin'], registers: [this.registry] });
   private readonly unbans = new client.Counter({
     name: 'tsfilter_unbans_total',
-    help: 'Bans ended, per rule and what ended them (expired, manual, remote, replaced, other).',
-    labelNames: ['rule', 'origin'],
+    help: 'Bans ended, per rule and what ended them (cause: expired, manual, remote, replaced, other).',
+    labelNames: ['rule', 'cause'],
     registers: [this.registry],
   });
   private readonly activeBans = new client.Gauge({ name: 'tsfilter_active_bans', help: 'Active bans (as tsfilter list shows them).', registers: [this.registry] });
@@ -137,14 +137,14 @@ export class Metrics {
       this.bans.inc({ rule: this.rule(r.rule), origin: ORIGINS.has(r.origin) ? r.origin : 'other' }, r.n);
     }
     const ended = rdb.db.prepare('SELECT rule, end_reason, count(*) AS n FROM bans WHERE ended_at IS NOT NULL GROUP BY rule, end_reason').all() as { rule: string; end_reason: string | null; n: number }[];
-    for (const r of ended) this.unbans.inc({ rule: this.rule(r.rule), origin: endCause(r.end_reason) }, r.n);
+    for (const r of ended) this.unbans.inc({ rule: this.rule(r.rule), cause: endCause(r.end_reason) }, r.n);
   }
 
   /** The live feed's events (FeedListener). */
   countEvents = (events: FeedEvent[]): void => {
     for (const ev of events) {
       if (ev.type === 'ban') this.bans.inc({ rule: this.rule(ev.ban.rule), origin: ORIGINS.has(ev.ban.origin) ? ev.ban.origin : 'other' });
-      else this.unbans.inc({ rule: this.rule(ev.ban.rule), origin: ev.cause });
+      else this.unbans.inc({ rule: this.rule(ev.ban.rule), cause: ev.cause });
     }
   };
 

@@ -14,7 +14,7 @@ import { normalizeSource } from '../firewall/target.ts';
 import { formatScope } from '../firewall/port-scope.ts';
 import { MAX_BAN_SECONDS } from '../bans/duration.ts';
 import type { BanRecord } from '../store/types.ts';
-import type { StoredBan } from '../store/sqlite-store.ts';
+import { MAX_TIME_MS, type StoredBan } from '../store/sqlite-store.ts';
 
 /** Longest request line accepted; a longer one is answered with an error and the connection closed. */
 export const MAX_REQUEST_BYTES = 64 * 1024;
@@ -127,6 +127,23 @@ export function parseDuration(text: string): number | null {
   return seconds;
 }
 
+/** A stored time brought into the range the views show (see isoTime), in ms. */
+export function clampTime(ms: unknown): number {
+  // What the store's own import does with a time it cannot read (a PyFilter time_banned that is not a number).
+  if (typeof ms !== 'number' || !Number.isFinite(ms)) return 0;
+  return Math.min(Math.max(ms, 0), MAX_TIME_MS);
+}
+
+/**
+ * A stored time as ISO 8601, never throwing. The store refuses times outside 1970 to 9999, but rows it did not write
+ * (PyFilter's time_banned * 1000, edited by another tool) can hold anything, and Date.toISOString() throws past the
+ * year 275760: one such row must not fail a whole list, an explain or the live feed. Such a time is shown clamped
+ * to that range (a huge expiry reads as 9999-12-31T23:59:59.999Z: practically never), so every field keeps its type.
+ */
+export function isoTime(ms: unknown): string {
+  return new Date(clampTime(ms)).toISOString();
+}
+
 /** A ban as `list` returns it. Times are ISO 8601; expires null means permanent. */
 export interface ListedBan {
   ip: string;
@@ -152,8 +169,8 @@ export function toListed(b: BanRecord): ListedBan {
     ip: b.ip,
     rule: b.rule,
     reason: b.reason,
-    since: new Date(b.createdAt).toISOString(),
-    expires: b.expiresAt === null ? null : new Date(b.expiresAt).toISOString(),
+    since: isoTime(b.createdAt),
+    expires: b.expiresAt === null ? null : isoTime(b.expiresAt),
     ban_count: b.banCount,
     country: b.country ?? null,
     country_code: b.countryCode ?? null,
@@ -195,10 +212,11 @@ export function explained(b: StoredBan, now: number): ExplainedBan {
     node: b.server,
     country: b.country ?? null,
     country_code: b.countryCode ?? null,
-    since: new Date(b.createdAt).toISOString(),
-    expires: b.expiresAt === null ? null : new Date(b.expiresAt).toISOString(),
-    duration_s: b.expiresAt === null ? null : Math.round((b.expiresAt - b.createdAt) / 1000),
-    ended: b.endedAt === null ? null : new Date(b.endedAt).toISOString(),
+    since: isoTime(b.createdAt),
+    expires: b.expiresAt === null ? null : isoTime(b.expiresAt),
+    // From the times shown, so the three always agree.
+    duration_s: b.expiresAt === null ? null : Math.round((clampTime(b.expiresAt) - clampTime(b.createdAt)) / 1000),
+    ended: b.endedAt === null ? null : isoTime(b.endedAt),
     end_reason: b.endReason,
     active: b.endedAt === null && (b.expiresAt === null || b.expiresAt > now),
     blocks: formatScope(b.scope) ?? 'all',

@@ -14,7 +14,7 @@ import { loadConfigFile, parseConfig, type Config } from '../config/load.ts';
 import { NeverBan, type Protector } from '../bans/never-ban.ts';
 import { parseBlacklist } from '../firewall/pyfilter-blacklist.ts';
 import { canonicalTarget, normalizeSource } from '../firewall/target.ts';
-import { openSqliteStore, StoreError, type SqliteStore } from '../store/sqlite-store.ts';
+import { MAX_TIME_MS, openSqliteStore, StoreError, type SqliteStore } from '../store/sqlite-store.ts';
 import { silentLogger } from '../util/logger.ts';
 import { SYSTEM_CONFIG } from './config-path.ts';
 import { UsageError } from './replay.ts';
@@ -362,7 +362,7 @@ export function importPyfilter(o: ImportOptions): ImportReport {
         source: `${dbName} row ${r.id}`,
         value: shown(r.ip),
         rule: 'pyfilter',
-        createdAt: Number.isFinite(secs) && secs > 0 ? Math.round(secs * 1000) : now,
+        createdAt: Number.isFinite(secs) && secs > 0 && secs * 1000 <= MAX_TIME_MS ? Math.round(secs * 1000) : now,
         server: str(r.server_name) ?? '',
         reason: str(r.log_msg) ?? '',
         country: str(r.country),

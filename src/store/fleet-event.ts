@@ -1,5 +1,7 @@
 import { normalizeSource } from '../firewall/target.ts';
 import type { PortScope } from '../firewall/types.ts';
+import { MAX_BAN_SECONDS } from '../bans/duration.ts';
+import { MAX_TIME_MS } from './sqlite-store.ts';
 
 /** One change to the fleet's bans, as it travels between nodes. Times are ms since the epoch. */
 export interface FleetEvent {
@@ -25,6 +27,18 @@ export interface FleetEvent {
 const NAME = /^[^\u0000-\u001f\u007f]{1,200}$/;
 
 /**
+ * How far an expiry may lie past its ban's creation: the longest ban (100 years) plus a day for the sending node's
+ * own rounding and clock. Anything later is no ban this code makes; "permanent" is null.
+ */
+const MAX_EXPIRY_AFTER_MS = MAX_BAN_SECONDS * 1000 + 86_400_000;
+
+/** A time in ms the store can hold and every view can render: after 1970, not after the year 9999. */
+function isTime(v: unknown): v is number {
+  return typeof v === 'number' && Number.isFinite(v) && v > 0 && v <= MAX_TIME_MS;
+}
+const TIME_RANGE = `a time in ms after 1970 and not after the year 9999 (at most ${MAX_TIME_MS})`;
+
+/**
  * Parses an event from the wire. Everything in Redis may have been written by a broken or hostile node: the size is
  * capped, every field is checked, and what is not understood is refused with the reason (never thrown).
  */
@@ -43,13 +57,16 @@ export function parseEvent(text: string, maxBytes: number): { event: FleetEvent 
   const ip = typeof j.ip === 'string' ? normalizeSource(j.ip) : null;
   if (ip === null) return { error: 'ip is not an IP address or CIDR prefix' };
   if (typeof j.node !== 'string' || !NAME.test(j.node)) return { error: 'node must be a name of 1-200 printable characters' };
-  if (typeof j.at !== 'number' || !Number.isFinite(j.at) || j.at <= 0) return { error: 'at must be a time in ms' };
+  if (!isTime(j.at)) return { error: `at must be ${TIME_RANGE}` };
   const ev: FleetEvent = { v: 1, kind: j.kind, ip, node: j.node, at: j.at };
   if (j.kind === 'unban') return { event: ev };
   if (typeof j.rule !== 'string' || j.rule.length > 100) return { error: 'rule must be a string of at most 100 characters' };
   if (typeof j.reason !== 'string' || j.reason.length > 2000) return { error: 'reason must be a string of at most 2000 characters' };
-  if (typeof j.createdAt !== 'number' || !Number.isFinite(j.createdAt)) return { error: 'createdAt must be a time in ms' };
-  if (j.expiresAt !== null && (typeof j.expiresAt !== 'number' || !Number.isFinite(j.expiresAt))) return { error: 'expiresAt must be a time in ms or null' };
+  if (!isTime(j.createdAt)) return { error: `createdAt must be ${TIME_RANGE}` };
+  if (j.expiresAt !== null && !isTime(j.expiresAt)) return { error: `expiresAt must be null (permanent) or ${TIME_RANGE}` };
+  if (j.expiresAt !== null && j.expiresAt - j.createdAt > MAX_EXPIRY_AFTER_MS) {
+    return { error: `expiresAt lies more than ${MAX_BAN_SECONDS} s (100 years, the longest ban) after createdAt` };
+  }
   if (j.country !== undefined && j.country !== null && (typeof j.country !== 'string' || j.country.length > 100)) return { error: 'country must be a short string or null' };
   if (j.countryCode !== undefined && j.countryCode !== null && (typeof j.countryCode !== 'string' || !/^[A-Z]{2}$/.test(j.countryCode))) {
     return { error: 'countryCode must be an ISO 3166-1 alpha-2 code or null' };

@@ -279,9 +279,17 @@ export function toStored(r: BanRow): StoredBan {
   return { ...toRecord(r), id: r.id, endedAt: r.ended_at, endReason: r.end_reason };
 }
 
+/**
+ * The latest time (ms) the store accepts: the end of the year 9999. Every time below it renders as a four-digit-year
+ * ISO 8601 string, where JavaScript's Date gives up (RangeError) past the year 275760.
+ */
+export const MAX_TIME_MS = 253_402_300_799_999;
+
+/** Also checks counts (failures): 0 and up to MAX_TIME_MS cover both, and nothing sane lies outside. */
 function checkTime(name: string, v: unknown, nullable: boolean): void {
   if (nullable && v === null) return;
   if (typeof v !== 'number' || !Number.isFinite(v)) throw new TypeError(`store: ${name} must be a finite number${nullable ? ' or null' : ''}, got ${String(v)}`);
+  if (v < 0 || v > MAX_TIME_MS) throw new TypeError(`store: ${name} must be from 0 to ${MAX_TIME_MS} (the end of the year 9999 in ms), got ${String(v)}`);
 }
 
 function checkString(name: string, v: unknown, allowEmpty: boolean): void {
@@ -416,7 +424,8 @@ function syncBannedIp(db: Db, defaultServer: string): void {
     for (const { id } of vanished.all()) end.run(now, 'removed from banned_ip', id);
     for (const row of orphans.all()) {
       const secs = Number(row.time_banned);
-      const createdAt = Number.isFinite(secs) ? Math.round(secs * 1000) : 0;
+      // Another tool wrote this row: a time outside what the store accepts becomes 0 (shown as 1970).
+      const createdAt = Number.isFinite(secs) && secs >= 0 && secs * 1000 <= MAX_TIME_MS ? Math.round(secs * 1000) : 0;
       const banCount = count.get(row.ip)!.n + 1;
       insert.run(row.ip, row.log_msg ?? '', createdAt, banCount, row.server_name ?? defaultServer, row.country ?? null, row.id);
     }

@@ -17,6 +17,11 @@ import { sshConfig } from './daemon.ts';
 import { CLI, REPO } from './cli.ts';
 
 export const TOKEN = 'test-token-0123456789abcdef';
+/**
+ * The header that reads need: the harness configures TOKEN, and with a token configured reads need it too unless
+ * the test sets api.read_requires_token to false.
+ */
+export const AUTH: Record<string, string> = { authorization: `Bearer ${TOKEN}` };
 
 export interface Harness {
   dir: string;

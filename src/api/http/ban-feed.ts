@@ -23,7 +23,8 @@ const CHUNK = 1000;
 export type EndCause = 'expired' | 'manual' | 'remote' | 'replaced' | 'other';
 
 export function endCause(reason: string | null): EndCause {
-  const r = reason ?? '';
+  // A row another tool wrote may hold anything in end_reason.
+  const r = typeof reason === 'string' ? reason : '';
   if (r === 'expired') return 'expired';
   if (r.startsWith('unbanned on ')) return 'remote';
   if (r.startsWith('replaced by ') || r.startsWith('widened to ')) return 'replaced';
@@ -127,6 +128,18 @@ export class BanFeed {
     const added = db.prepare(`SELECT ${columns} FROM bans b WHERE b.id > ? ORDER BY b.id LIMIT ${CHUNK}`);
     // Applied only once everything was read: a failed read is retried from the same place, losing nothing.
     const seen: [number, number][] = [];
+    // A row that cannot be shown is skipped (and counted as seen), never retried: the store busy is worth a retry,
+    // a row another tool wrote with values nothing can render is not, and it must not stall the feed behind it.
+    const skipped: { id: number; error: unknown }[] = [];
+    const view = (r: BanRow): ApiBan | undefined => {
+      try {
+        return toApiBan(toStored(r), now);
+      } catch (error) {
+        skipped.push({ id: r.id, error });
+        return undefined;
+      }
+    };
+    const endedAt = (r: BanRow) => (typeof r.ended_at === 'number' && Number.isFinite(r.ended_at) ? r.ended_at : now);
     const out = db.transaction(() => {
       const batches: FeedEvent[][] = [];
       // Bans that existed before and ended since: first, so a replaced ban's unban comes before its replacement.
@@ -134,9 +147,9 @@ export class BanFeed {
       for (const id of ended.all(now - SLACK_MS, this.lastId) as number[]) {
         if (this.seen.has(id)) continue;
         const r = byId.get(id) as BanRow;
-        seen.push([r.id, r.ended_at!]);
-        const b = toStored(r);
-        first.push({ type: 'unban', ban: toApiBan(b, now), cause: endCause(r.end_reason) });
+        seen.push([r.id, endedAt(r)]);
+        const ban = view(r);
+        if (ban) first.push({ type: 'unban', ban, cause: endCause(r.end_reason) });
       }
       batches.push(first);
       let lastId = this.lastId;
@@ -144,14 +157,12 @@ export class BanFeed {
         const rows = added.all(lastId) as BanRow[];
         const batch: FeedEvent[] = [];
         for (const r of rows) {
-          const b = toStored(r);
-          const view = toApiBan(b, now);
-          batch.push({ type: 'ban', ban: view });
           // Made and already ended before this poll: both events, in that order.
-          if (r.ended_at !== null) {
-            seen.push([r.id, r.ended_at]);
-            batch.push({ type: 'unban', ban: view, cause: endCause(r.end_reason) });
-          }
+          if (r.ended_at !== null) seen.push([r.id, endedAt(r)]);
+          const ban = view(r);
+          if (!ban) continue;
+          batch.push({ type: 'ban', ban });
+          if (r.ended_at !== null) batch.push({ type: 'unban', ban, cause: endCause(r.end_reason) });
         }
         batches.push(batch);
         if (rows.length > 0) lastId = rows[rows.length - 1]!.id;
@@ -161,6 +172,13 @@ export class BanFeed {
     })();
     this.lastId = out.lastId;
     for (const [id, at] of seen) this.seen.set(id, at);
+    if (skipped.length > 0) {
+      this.o.logger?.warn('the live feed skipped bans it cannot show (rows written by another tool?)', {
+        ids: skipped.slice(0, 10).map((x) => x.id).join(','),
+        count: skipped.length,
+        error: skipped[0]!.error,
+      });
+    }
     for (const [id, at] of this.seen) if (at < now - SLACK_MS) this.seen.delete(id);
     return out.batches;
   }

@@ -1,7 +1,8 @@
 /*
- * The `api` block of the config: the HTTP API, the Prometheus /metrics endpoint (and later the dashboard). Absent,
- * or `"enabled": false`, nothing listens. It binds to loopback unless told otherwise, and writes (ban, unban) need a
- * bearer token from `token` or a root-only `token_file`.
+ * The `api` block of the config: the HTTP API, the Prometheus /metrics endpoint and the dashboard. Absent, or
+ * `"enabled": false`, nothing listens. It binds to loopback unless told otherwise, and writes (ban, unban) need a
+ * bearer token from `token` or a root-only `token_file`; with a token configured, reads need it too unless
+ * `read_requires_token` is false.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readFileSync, constants as fsc } from 'node:fs';
@@ -56,14 +57,20 @@ const apiObject = z.strictObject({
   token: token
     .nullable()
     .default(null)
-    .describe(`Bearer token for writes (ban, unban) and, with read_requires_token, reads; at least ${MIN_TOKEN_CHARS} characters. Prefer token_file, which keeps it out of the config. Without a token writes are disabled.`),
+    .describe(`Bearer token for writes (ban, unban) and, unless read_requires_token is false, reads; at least ${MIN_TOKEN_CHARS} characters. Prefer token_file, which keeps it out of the config. Without a token writes are disabled and reads are open.`),
   token_file: z
     .string()
     .min(1)
     .nullable()
     .default(null)
     .describe('File holding the bearer token (surrounding whitespace ignored). It must be readable by its owner only (chmod 600), or the daemon refuses to start.'),
-  read_requires_token: z.boolean().default(false).describe('Require the token for reads too (status, bans, stats, events, /metrics); otherwise anyone who can reach the address can read them.'),
+  read_requires_token: z
+    .boolean()
+    .nullable()
+    .default(null)
+    .describe(
+      'Require the token for reads too (status, bans, explain, stats, events, /metrics). null (the default): required whenever token or token_file is set; false: reads are open to anyone who can reach the API. With no token at all reads are open, so every local user can read the log lines behind each ban, copied from root-only logs (user names tried, sometimes a password typed as one): set a token_file.',
+    ),
   metrics: z.boolean().default(true).describe('Serve Prometheus metrics at /metrics.'),
   dashboard: z
     .boolean()
@@ -85,7 +92,7 @@ const apiObject = z.strictObject({
 export const apiSchema = apiObject
   .superRefine((a, ctx) => {
     if (a.token !== null && a.token_file !== null) ctx.addIssue({ code: 'custom', path: ['token_file'], message: 'give token or token_file, not both' });
-    if (a.read_requires_token && a.token === null && a.token_file === null) {
+    if (a.read_requires_token === true && a.token === null && a.token_file === null) {
       ctx.addIssue({ code: 'custom', path: ['read_requires_token'], message: 'read_requires_token needs a token or token_file' });
     }
   })
@@ -101,6 +108,7 @@ export interface ApiSettings {
   token: string | null;
   /** Absolute path, or null. */
   tokenFile: string | null;
+  /** Resolved: read_requires_token, or, when it is null, whether a token is configured. */
   readRequiresToken: boolean;
   metrics: boolean;
   /** Serve the web dashboard at /. */
@@ -118,7 +126,8 @@ export function apiSettings(raw: RawApiConfig | undefined, cwd: string): ApiSett
     listen: parseListen(raw.listen),
     token: raw.token,
     tokenFile: raw.token_file === null ? null : path.resolve(cwd, raw.token_file),
-    readRequiresToken: raw.read_requires_token,
+    // The explain story holds raw lines of root-only logs: with a token at hand, reads are the token's too.
+    readRequiresToken: raw.read_requires_token ?? (raw.token !== null || raw.token_file !== null),
     metrics: raw.metrics,
     dashboard: raw.dashboard,
     allowedHosts: raw.allowed_hosts.map((h) => h.toLowerCase()),

@@ -5,7 +5,7 @@
  * "Active" means what the store means (and `tsfilter list` shows): not ended, and permanent or not yet expired; an
  * address with several open rows (duplicate PyFilter rows) counts once, by its oldest row.
  */
-import { explained, toListed, type ExplainedBan, type ListedBan } from '../protocol.ts';
+import { explained, isoTime, toListed, type ExplainedBan, type ListedBan } from '../protocol.ts';
 import { canonicalTarget, targetContains } from '../../firewall/target.ts';
 import { toStored, type BanRow, type StoredBan } from '../../store/sqlite-store.ts';
 import type { ReadDb } from './read-db.ts';
@@ -29,8 +29,8 @@ export interface BanFilter {
   q?: string;
 }
 
+/** Where the next page starts: after this row, in the list's order. */
 export interface Cursor {
-  createdAt: number;
   id: number;
 }
 
@@ -56,7 +56,7 @@ export function toApiBan(b: StoredBan, now: number): ApiBan {
     ...toListed(b),
     id: b.id,
     active: isActive(b, now),
-    ended: b.endedAt === null ? null : new Date(b.endedAt).toISOString(),
+    ended: b.endedAt === null ? null : isoTime(b.endedAt),
     end_reason: b.endReason,
   };
 }
@@ -82,9 +82,11 @@ function where(rdb: ReadDb, f: BanFilter, now: number): { sql: string; params: u
   eq('ip', f.ip);
   if (f.country !== undefined) {
     if (/^[A-Za-z]{2}$/.test(f.country)) {
-      // Older rows hold only the name; a code matches rows that have one.
-      parts.push('b.country_code = ?');
-      params.push(f.country.toUpperCase());
+      // Rows before schema 4 and bans from PyFilter nodes hold only the name: a code also matches those whose name
+      // other rows give that code, so the count agrees with the per-country figure of /api/stats (grouped by name).
+      const code = f.country.toUpperCase();
+      parts.push('(b.country_code = ? OR (b.country_code IS NULL AND b.country COLLATE NOCASE IN (SELECT n.country FROM bans n WHERE n.country_code = ?)))');
+      params.push(code, code);
     } else {
       parts.push('b.country = ? COLLATE NOCASE');
       params.push(f.country);
@@ -116,16 +118,16 @@ export interface BanPage {
 }
 
 export function encodeCursor(c: Cursor): string {
-  return Buffer.from(`${c.createdAt}.${c.id}`).toString('base64url');
+  return Buffer.from(`r${c.id}`).toString('base64url');
 }
 
 /** null when the text is not a cursor this API made. */
 export function decodeCursor(text: string): Cursor | null {
   if (!/^[A-Za-z0-9_-]{1,64}$/.test(text)) return null;
-  const m = /^(-?\d{1,16})\.(\d{1,16})$/.exec(Buffer.from(text, 'base64url').toString('latin1'));
+  const m = /^r(\d{1,16})$/.exec(Buffer.from(text, 'base64url').toString('latin1'));
   if (!m) return null;
-  const c = { createdAt: Number(m[1]), id: Number(m[2]) };
-  return Number.isSafeInteger(c.createdAt) && Number.isSafeInteger(c.id) ? c : null;
+  const id = Number(m[1]);
+  return Number.isSafeInteger(id) ? { id } : null;
 }
 
 /**
@@ -166,8 +168,10 @@ export function listBans(
   let sql = `SELECT ${rdb.columns} FROM bans b WHERE ${w.sql}`;
   const params = [...w.params];
   if (page.cursor) {
-    sql += ' AND (b.created_at, b.id) < (?, ?)';
-    params.push(page.cursor.createdAt, page.cursor.id);
+    // The row's own sort key, read by SQL: a row another tool wrote may hold any value in created_at (a number past
+    // every date, text), which would not survive a trip through the cursor's text and back.
+    sql += ' AND (b.created_at, b.id) < (SELECT k.created_at, k.id FROM bans k WHERE k.id = ?)';
+    params.push(page.cursor.id);
   }
   // One row more than asked tells whether there is a next page without a second query.
   sql += ' ORDER BY b.created_at DESC, b.id DESC LIMIT ? OFFSET ?';
@@ -181,7 +185,7 @@ export function listBans(
   return {
     bans: rows.map((r) => toApiBan(toStored(r), now)),
     total,
-    next_cursor: more && last ? encodeCursor({ createdAt: last.created_at, id: last.id }) : null,
+    next_cursor: more && last ? encodeCursor({ id: last.id }) : null,
   };
 }
 

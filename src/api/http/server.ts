@@ -1,6 +1,8 @@
 /*
  * The HTTP API (hono on @hono/node-server): JSON endpoints over the store, live events, writes through the same
  * control handler as the root-only socket (so `tsfilter ban` and POST /api/bans are one code path), and /metrics.
+ * Writes need the bearer token; reads need it too whenever one is configured, unless read_requires_token is false
+ * (explain shows raw lines of root-only logs).
  *
  *   GET    /api                          what is enabled, and whether the presented token is valid
  *   GET    /api/status                   `tsfilter status --json`
@@ -46,7 +48,32 @@ export interface HttpApiDeps {
   metrics?: Metrics;
   /** How often the store is polled for live events (ms); tests shorten it. */
   pollMs?: number;
+  /** The connection limits of SERVER_LIMITS; tests shorten them. */
+  limits?: Partial<ServerLimits>;
 }
+
+/**
+ * How long a client may take, and how many may be connected at once. Each connection holds a file descriptor, and a
+ * client that opens connections and sends nothing (or dribbles its headers) must not exhaust them or the listen
+ * queue: node's own defaults check timeouts only every 30 s, and 140 idle sockets made the API unreachable.
+ * requestTimeout bounds receiving the request only: a response, such as an event stream, may last.
+ */
+export interface ServerLimits {
+  /** The request line and headers must arrive within this (ms). */
+  headersMs: number;
+  /** The whole request, body included (ms). */
+  requestMs: number;
+  /** An idle keep-alive connection is closed after this (ms). */
+  keepAliveMs: number;
+  /** How often the timeouts above are checked (ms). */
+  checkMs: number;
+  /** Connections open at once, event streams included; more are closed on arrival. */
+  maxConnections: number;
+}
+
+export const SERVER_LIMITS: Omit<ServerLimits, 'maxConnections'> = { headersMs: 10_000, requestMs: 30_000, keepAliveMs: 5_000, checkMs: 1_000 };
+/** At least this many connections besides the event streams (api.max_event_clients). */
+const SPARE_CONNECTIONS = 192;
 
 export interface HttpApi {
   /** http://host:port, with the port actually bound (listen port 0 picks one). */
@@ -246,12 +273,25 @@ export async function startHttpApi(deps: HttpApiDeps, s: ApiSettings): Promise<H
     return c.json({ error: `internal error: ${err.message}` }, 500);
   });
 
+  const limits: ServerLimits = { ...SERVER_LIMITS, maxConnections: s.maxEventClients + SPARE_CONNECTIONS, ...deps.limits };
   let server: Server;
   try {
     server = await new Promise<Server>((resolve, reject) => {
       const srv = serve(
         // Node's own Request/Response stay in place: the daemon is not a web app, and nothing else should change.
-        { fetch: app.fetch, hostname: s.listen.host, port: s.listen.port, overrideGlobalObjects: false },
+        {
+          fetch: app.fetch,
+          hostname: s.listen.host,
+          port: s.listen.port,
+          overrideGlobalObjects: false,
+          // connectionsCheckingInterval can only be given when the server is created.
+          serverOptions: {
+            headersTimeout: limits.headersMs,
+            requestTimeout: limits.requestMs,
+            keepAliveTimeout: limits.keepAliveMs,
+            connectionsCheckingInterval: limits.checkMs,
+          },
+        },
         () => {
           srv.off('error', reject);
           resolve(srv as Server);
@@ -268,15 +308,15 @@ export async function startHttpApi(deps: HttpApiDeps, s: ApiSettings): Promise<H
     const why = err.code === 'EADDRINUSE' ? 'the address is already in use' : err.code === 'EADDRNOTAVAIL' ? 'no such local address' : err.code === 'EACCES' ? 'permission denied' : err.message;
     throw new Error(`api.listen ${where}: cannot listen: ${why}`);
   }
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 30_000;
-  server.maxConnections = Math.max(64, s.maxEventClients + 64);
+  server.maxConnections = limits.maxConnections;
   server.on('error', (e) => logger.error('api: server error', { error: e }));
 
   const addr = server.address() as AddressInfo;
   const url = `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
   if (!isLoopback(s.listen.host) && !s.readRequiresToken) {
     logger.warn('api: listening beyond loopback without read_requires_token: anyone who can reach it can read the bans and status', { url });
+  } else if (token === null) {
+    logger.warn('api: no token configured: every local user can read the bans and the log lines behind them; set api.token_file', { url });
   }
   logger.info('api: listening', { url, writes: token !== null, metrics: s.metrics && metrics !== undefined });
 

@@ -4,6 +4,7 @@
  * clock).
  */
 import type { ReadDb } from './read-db.ts';
+import { isoTime } from '../protocol.ts';
 
 const HOUR = 3_600_000;
 const DAY = 86_400_000;
@@ -55,10 +56,18 @@ interface Group {
   active: number;
 }
 
-function sumBy<K>(groups: Group[], key: (g: Group) => K): Map<K, { total: number; active: number; code: string | null }> {
-  const m = new Map<K, { total: number; active: number; code: string | null }>();
+interface Sum {
+  total: number;
+  active: number;
+  code: string | null;
+  /** What the first group of the key called it (a key may fold several spellings). */
+  name: string | null;
+}
+
+function sumBy<K>(groups: Group[], key: (g: Group) => K, name: (g: Group) => string | null = () => null): Map<K, Sum> {
+  const m = new Map<K, Sum>();
   for (const g of groups) {
-    const e = m.get(key(g)) ?? { total: 0, active: 0, code: null };
+    const e = m.get(key(g)) ?? { total: 0, active: 0, code: null, name: name(g) };
     e.total += g.total;
     e.active += g.active;
     e.code ??= g.code;
@@ -79,7 +88,7 @@ export function computeStats(rdb: ReadDb, now: number): Stats {
       .prepare(
         `SELECT b.rule, b.country, max(b.country_code) AS code, b.origin, count(*) AS total,
            sum(CASE WHEN ${activeOf('b')} THEN NOT EXISTS (SELECT 1 FROM bans c WHERE c.ip = b.ip AND ${activeOf('c')} AND c.id < b.id) ELSE 0 END) AS active
-         FROM bans b GROUP BY b.rule, b.country, b.origin`,
+         FROM bans b GROUP BY b.rule, b.country COLLATE NOCASE, b.origin`,
       )
       .all(now, now) as Group[];
     const totals = db.prepare('SELECT count(DISTINCT ip) AS addresses, sum(created_at >= ?) AS day FROM bans').get(now - DAY) as { addresses: number; day: number | null };
@@ -100,11 +109,13 @@ export function computeStats(rdb: ReadDb, now: number): Stats {
       per_hour: buckets(rdb, HOUR, 48, now),
       per_day: buckets(rdb, DAY, 30, now),
       by_rule: [...sumBy(groups, (g) => g.rule)].map(([rule, v]) => ({ rule, active: v.active, total: v.total })).sort(byTotal((x) => x.rule)),
-      by_country: [...sumBy(groups, (g) => g.country)]
-        .map(([country, v]) => ({ country, code: v.code, active: v.active, total: v.total }))
+      // By name as GET /api/bans?country=<name> matches it (SQLite's NOCASE folds ASCII only), so each row's total
+      // is the total of the search it links to; the code is any code those rows carry.
+      by_country: [...sumBy(groups, (g) => g.country?.replace(/[A-Z]/g, (c) => c.toLowerCase()) ?? null, (g) => g.country)]
+        .map(([, v]) => ({ country: v.name, code: v.code, active: v.active, total: v.total }))
         .sort(byTotal((x) => x.country ?? '')),
       by_origin: [...sumBy(groups, (g) => g.origin)].map(([origin, v]) => ({ origin, active: v.active, total: v.total })).sort(byTotal((x) => x.origin)),
-      top_offenders: top.map((r) => ({ ip: r.ip, bans: r.n, last: new Date(r.last).toISOString(), active: r.active === 1, country: r.country })),
+      top_offenders: top.map((r) => ({ ip: r.ip, bans: r.n, last: isoTime(r.last), active: r.active === 1, country: r.country })),
     };
   })();
 }
