@@ -131,7 +131,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   };
   const o = { maxretry: opt('--maxretry', 5), findtime: opt('--findtime', 600) };
   const files = argv.length > 0 ? argv : ['elastic-auth.log', 'secrepo-auth-part.log'].map((f) => CORPUS + f);
-  const peers = ensurePeers((s) => process.stdout.write(s + '\n'));
+  const peers = await ensurePeers((s) => process.stdout.write(s + '\n'));
   if (!peers.fail2ban) {
     process.stdout.write(`agreement: skipped, fail2ban-regex missing (${peers.notes.join('; ')})\n`);
     emitResult('agreement', { skipped: 'fail2ban-regex not installed', notes: peers.notes });

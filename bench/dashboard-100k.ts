@@ -122,7 +122,7 @@ try {
   writeFileSync(log, '');
   cfg.settings.rules.ssh.log_files = log;
   delete cfg.settings.rules.ssh.journal;
-  cfg.api = { listen: '127.0.0.1:0', token: TOKEN };
+  cfg.api = { listen: '127.0.0.1:0', token: TOKEN, read_requires_token: false };
   const cfgFile = path.join(dir, 'config.json');
   writeFileSync(cfgFile, JSON.stringify(cfg, null, 2));
 

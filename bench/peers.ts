@@ -1,18 +1,19 @@
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
+import { bootLinks, disableAtBoot, withPolicyRcD } from './lib/hold-services.ts';
 
 /*
  * The peer tools TSFilter is measured against: sshguard's log parser and fail2ban's fail2ban-regex with its sshd
  * filter, both from Debian's packages. Only the parser tools are ever run, on files; sshguard and fail2ban-server
- * would touch the host firewall, so they never run as daemons, and installing the packages must not start them.
+ * would touch the host firewall, so they never run as daemons, and installing the packages must not start them, now
+ * or at the next boot.
  */
 
 export const SSHG_PARSER = '/usr/libexec/sshguard/sshg-parser';
 export const FAIL2BAN_REGEX = '/usr/bin/fail2ban-regex';
 export const FAIL2BAN_SSHD_FILTER = '/etc/fail2ban/filter.d/sshd.conf';
 const PACKAGES = ['sshguard', 'fail2ban'];
-const POLICY_RC_D = '/usr/sbin/policy-rc.d';
 /** Process names of the daemons the packages ship (fail2ban-server runs as python3: matched on its cmdline). */
 const DAEMON = /(^|\/)(sshguard|sshg-\w+|fail2ban-server)(\s|$)/;
 
@@ -50,6 +51,10 @@ export function detectPeers(): Peers {
     }
     fail2ban = { name: 'fail2ban', path: FAIL2BAN_REGEX, version };
   } else notes.push(`fail2ban: ${FAIL2BAN_REGEX} or ${FAIL2BAN_SSHD_FILTER} not found (Debian package fail2ban)`);
+  // Said, not changed: a peer found installed may be a service its admin runs on purpose.
+  for (const peer of [sshguard, fail2ban]) {
+    if (peer && bootLinks(`${peer.name}.service`).length > 0) notes.push(`${peer.name}.service is enabled at boot on this machine (left as found; \`systemctl disable ${peer.name}\` turns it off)`);
+  }
   return { sshguard, fail2ban, notes };
 }
 
@@ -91,41 +96,58 @@ export function daemonProcesses(): Map<number, number | null> {
   return out;
 }
 
+/** Installed (not merely known to dpkg, or removed with its configuration left). */
+function pkgInstalled(pkg: string): boolean {
+  const r = spawnSync('dpkg-query', ['-W', '-f', '${db:Status-Status}', pkg], { encoding: 'utf8' });
+  return r.status === 0 && r.stdout.trim() === 'installed';
+}
+
 /**
- * apt-get install of the peers' packages without starting their services: a policy-rc.d that exits 101 stands in
- * for the duration (an existing one is put back byte for byte, a missing one removed again), and any sshguard or
+ * apt-get install of the peers' packages without starting their services, now or at boot: a policy-rc.d that exits
+ * 101 stands in for the duration and a signal meanwhile is handled (lib/hold-services.ts withPolicyRcD), the
+ * packages this install added get their services disabled for boot (disableAtBoot), and any sshguard or
  * fail2ban-server process that was not running before and started during the install is stopped, by PID.
  */
-export function installPeers(log: (s: string) => void = (s) => process.stderr.write(s + '\n')): { ok: boolean; notes: string[] } {
+export async function installPeers(log: (s: string) => void = (s) => process.stderr.write(s + '\n')): Promise<{ ok: boolean; notes: string[] }> {
   const notes: string[] = [];
   if (process.getuid?.() !== 0) return { ok: false, notes: ['install skipped: not root'] };
   if (spawnSync('apt-get', ['--version'], { stdio: 'ignore' }).status !== 0) return { ok: false, notes: ['install skipped: no apt-get'] };
+  // Only what this install adds is disabled: a service the admin already had stays as it was.
+  const added = PACKAGES.filter((p) => !pkgInstalled(p));
   const before = daemonProcesses();
   const t0 = uptimeTicks();
-  const saved = existsSync(POLICY_RC_D) ? { text: readFileSync(POLICY_RC_D), mode: statSync(POLICY_RC_D).mode & 0o7777 } : null;
-  let ok = false;
-  try {
-    writeFileSync(POLICY_RC_D, '#!/bin/sh\n# written by TSFilter bench/peers.ts while it installs sshguard and fail2ban: start no service\nexit 101\n');
-    chmodSync(POLICY_RC_D, 0o755);
-    const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-    const apt = (args: string[]) => spawnSync('apt-get', args, { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 300_000 });
-    log('installing sshguard and fail2ban with apt-get (services kept from starting by policy-rc.d)');
-    let r = apt(['install', '-y', '--no-install-recommends', ...PACKAGES]);
-    if (r.status !== 0) {
-      // A fresh machine has no package lists yet.
-      apt(['update']);
-      r = apt(['install', '-y', '--no-install-recommends', ...PACKAGES]);
-    }
-    ok = r.status === 0;
-    if (!ok) notes.push(`apt-get install failed (exit ${r.status}): ${(r.stderr || r.stdout).trim().split('\n').slice(-3).join(' / ')}`);
-    else notes.push(`installed ${PACKAGES.map((p) => `${p} ${pkgVersion(p) ?? '?'}`).join(', ')} with apt-get (policy-rc.d: no service started)`);
-  } finally {
-    if (saved) {
-      writeFileSync(POLICY_RC_D, saved.text);
-      chmodSync(POLICY_RC_D, saved.mode);
-    } else rmSync(POLICY_RC_D, { force: true });
-  }
-  // Proof of origin: absent from the snapshot taken before, and started after the install began.
+  const install = ['install', '-y', '--no-install-recommends', ...PACKAGES];
+  log('installing sshguard and fail2ban with apt-get (policy-rc.d keeps their services from starting; they are then disabled for boot)');
+  const ok = await withPolicyRcD(
+    async (held) => {
+      let r = await held.run('apt-get', install);
+      if (r.status !== 0 && !held.interrupted()) {
+        // A fresh machine has no package lists yet.
+        await held.run('apt-get', ['update']);
+        if (!held.interrupted()) r = await held.run('apt-get', install);
+      }
+      if (r.status !== 0) notes.push(`apt-get install failed (exit ${r.status ?? r.signal}): ${r.out.trim().split('\n').slice(-3).join(' / ')}`);
+      else {
+        const what = added.length > 0 ? `installed ${added.join(', ')}` : 'nothing to install';
+        notes.push(`apt-get: ${what} (${PACKAGES.map((p) => `${p} ${pkgVersion(p) ?? '?'}`).join(', ')}), no service started (policy-rc.d)`);
+      }
+      return r.status === 0;
+    },
+    {
+      log,
+      // Also after a failed or interrupted install: a package configured before the failure was enabled all the same.
+      after: (signal) => {
+        notes.push(...disableAtBoot(added), ...stopStartedDaemons(before, t0));
+        if (signal) for (const n of notes) log(n);
+      },
+    },
+  );
+  return { ok, notes };
+}
+
+/** Proof of origin: absent from the snapshot taken before, and started after the install began. */
+function stopStartedDaemons(before: Map<number, number | null>, t0: number): string[] {
+  const notes: string[] = [];
   for (const [pid, start] of daemonProcesses()) {
     if (before.has(pid) || start === null || start < t0) {
       if (!before.has(pid)) notes.push(`WARNING: pid ${pid} (sshguard/fail2ban) runs, but not started by this install: left alone`);
@@ -138,18 +160,18 @@ export function installPeers(log: (s: string) => void = (s) => process.stderr.wr
       /* already gone */
     }
   }
-  return { ok, notes };
+  return notes;
 }
 
 /** Detects the peers, installing them first when some are missing and installing is allowed. */
-export function ensurePeers(log?: (s: string) => void): Peers {
+export async function ensurePeers(log?: (s: string) => void): Promise<Peers> {
   let p = detectPeers();
   if (p.sshguard && p.fail2ban) return p;
   if (!installAllowed()) {
     p.notes.push('peers are not installed automatically: set BENCH_INSTALL_PEERS=1 (or CI=true) to install them with apt-get');
     return p;
   }
-  const inst = installPeers(log);
+  const inst = await installPeers(log);
   p = detectPeers();
   p.notes.push(...inst.notes);
   return p;
@@ -157,12 +179,12 @@ export function ensurePeers(log?: (s: string) => void): Peers {
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   // node --import tsx bench/peers.ts [--install]
-  const p = process.argv.includes('--install') ? (() => {
-    const inst = installPeers();
-    const d = detectPeers();
-    d.notes.push(...inst.notes);
-    return d;
-  })() : detectPeers();
+  let p: Peers;
+  if (process.argv.includes('--install')) {
+    const inst = await installPeers();
+    p = detectPeers();
+    p.notes.push(...inst.notes);
+  } else p = detectPeers();
   process.stdout.write(JSON.stringify(p, null, 2) + '\n');
   const running = daemonProcesses();
   process.stdout.write(running.size === 0 ? 'no sshguard/fail2ban process runs\n' : `RUNNING: ${[...running.keys()].join(' ')}\n`);

@@ -138,7 +138,7 @@ if (opts.build || !existsSync(REPO + 'dist/cli/main.js')) {
   if (r.status !== 0) process.stdout.write('build failed: the benches run what dist/ holds\n');
 }
 if (opts.installPeers) process.env.BENCH_INSTALL_PEERS = '1';
-const peers = selected.some((b) => b.id === 'peers' || b.id === 'agreement') ? ensurePeers((s) => process.stdout.write(s + '\n')) : null;
+const peers = selected.some((b) => b.id === 'peers' || b.id === 'agreement') ? await ensurePeers((s) => process.stdout.write(s + '\n')) : null;
 if (peers) {
   process.stdout.write(
     `peers: sshguard ${peers.sshguard ? `${peers.sshguard.version} (${peers.sshguard.path})` : 'not found'}; ` +

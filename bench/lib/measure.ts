@@ -46,6 +46,53 @@ function sampleProc(pid: number, acc: { peakKb: number; ticks: number }): void {
   }
 }
 
+/*
+ * Each measured tool runs in its own process group (spawned detached), so that a timeout stops the tool itself and
+ * not only GNU time, its parent. Being detached, it no longer gets the terminal's Ctrl-C with this process, so the
+ * groups still running are killed when this process is told to stop, and on exit (their scratch directories removed).
+ */
+const live = new Map<number, string>();
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+function killGroup(pid: number): void {
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch {
+    /* the group is already gone */
+  }
+}
+
+function onStop(sig: NodeJS.Signals): void {
+  onExit();
+  untrack();
+  // Default action again, so this process ends as the signal meant it to.
+  if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
+}
+
+function onExit(): void {
+  for (const [pid, dir] of live) {
+    killGroup(pid);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function track(pid: number, dir: string): void {
+  if (live.size === 0) {
+    for (const s of STOP_SIGNALS) process.on(s, onStop);
+    process.on('exit', onExit);
+  }
+  live.set(pid, dir);
+}
+
+function untrack(pid?: number): void {
+  if (pid === undefined) live.clear();
+  else live.delete(pid);
+  if (live.size === 0) {
+    for (const s of STOP_SIGNALS) process.off(s, onStop);
+    process.off('exit', onExit);
+  }
+}
+
 export function measure(argv: string[], opts: MeasureOptions = {}): Promise<Measured> {
   // BENCH_NO_GNU_TIME=1 forces the /proc fallback (to compare the two, or where GNU time misbehaves).
   const useTime = existsSync(GNU_TIME) && process.env.BENCH_NO_GNU_TIME !== '1';
@@ -55,7 +102,8 @@ export function measure(argv: string[], opts: MeasureOptions = {}): Promise<Meas
   const outFd = openSync(opts.stdout ?? '/dev/null', 'w');
   const cmd = useTime ? [GNU_TIME, '-f', '%e %U %S %M', '-o', timeFile, ...argv] : argv;
   const t0 = process.hrtime.bigint();
-  const child = spawn(cmd[0]!, cmd.slice(1), { cwd: opts.cwd, env: opts.env, stdio: [inFd, outFd, 'pipe'] });
+  const child = spawn(cmd[0]!, cmd.slice(1), { cwd: opts.cwd, env: opts.env, stdio: [inFd, outFd, 'pipe'], detached: true });
+  if (child.pid !== undefined) track(child.pid, dir);
   let stderr = '';
   child.stderr!.setEncoding('utf8').on('data', (d: string) => {
     if (stderr.length < 20_000) stderr += d;
@@ -63,9 +111,16 @@ export function measure(argv: string[], opts: MeasureOptions = {}): Promise<Meas
   const acc = { peakKb: 0, ticks: 0 };
   // With GNU time, the child measured is time's own child: /proc sampling is only the fallback.
   const timer = useTime ? undefined : setInterval(() => sampleProc(child.pid!, acc), 10);
-  const killer = opts.timeoutMs ? setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs) : undefined;
+  let timedOut = false;
+  const killer = opts.timeoutMs
+    ? setTimeout(() => {
+        timedOut = true;
+        if (child.pid !== undefined) killGroup(child.pid);
+      }, opts.timeoutMs)
+    : undefined;
   return new Promise((resolve, reject) => {
     child.on('error', (e) => {
+      if (child.pid !== undefined) untrack(child.pid);
       clearInterval(timer);
       clearTimeout(killer);
       closeSync(inFd);
@@ -75,6 +130,8 @@ export function measure(argv: string[], opts: MeasureOptions = {}): Promise<Meas
     });
     child.on('exit', (code) => {
       const wallMs = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (child.pid !== undefined) untrack(child.pid);
+      if (timedOut) stderr = `timed out after ${opts.timeoutMs} ms: process group killed\n${stderr}`;
       clearInterval(timer);
       clearTimeout(killer);
       closeSync(inFd);
