@@ -12,32 +12,20 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GNU_TIME, measure } from '../bench/lib/measure.ts';
 import { requirePrereq } from './helpers/prereq.ts';
+import { until } from './helpers/daemon.ts';
+import { processGone } from './helpers/process.ts';
 
 const MEASURE = fileURLToPath(new URL('../bench/lib/measure.ts', import.meta.url));
 const SLEEPER = ['sh', '-c', 'echo $$ > "$0"; exec sleep 60'];
 
-function gone(pid: number): boolean {
-  try {
-    return /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return true;
-  }
-}
 
-async function until(what: string, ok: () => boolean): Promise<void> {
-  for (let i = 0; i < 600; i++) {
-    if (ok()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  assert.fail(`still waiting for: ${what}`);
-}
 
 const readPid = (f: string) => (existsSync(f) ? Number(readFileSync(f, 'utf8').trim()) || null : null);
 
 /** When the check failed, the sleep this test started is still there: stopped by its PID. */
 function cleanUp(pidFile: string): void {
   const pid = readPid(pidFile);
-  if (pid !== null && !gone(pid)) process.kill(pid, 'SIGKILL');
+  if (pid !== null && !processGone(pid)) process.kill(pid, 'SIGKILL');
 }
 
 for (const method of ['rusage', 'proc-sampling'] as const) {
@@ -55,7 +43,7 @@ for (const method of ['rusage', 'proc-sampling'] as const) {
       assert.match(m.stderr, /timed out after 3000 ms/);
       const pid = readPid(pidFile);
       assert.ok(pid, 'the tool had started');
-      await until(`the measured sleep (pid ${pid}) to end`, () => gone(pid));
+      await until(() => processGone(pid), 30_000, `the measured sleep (pid ${pid}) to end`);
     } finally {
       cleanUp(path.join(dir, 'pid'));
       if (prev === undefined) delete process.env.BENCH_NO_GNU_TIME;
@@ -76,14 +64,14 @@ test('a bench told to stop (SIGTERM) ends the tool it is measuring, and ends by 
     child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
     const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)));
-    await until('the measured tool to start', () => {
+    await until(() => {
       if (child.exitCode !== null) assert.fail(`the bench ended early: ${out}`);
       return readPid(pidFile) !== null;
-    });
+    }, 30_000, 'the measured tool to start');
     const pid = readPid(pidFile)!;
     child.kill('SIGTERM');
     assert.equal(await exited, 'SIGTERM', out);
-    await until(`the measured sleep (pid ${pid}) to end`, () => gone(pid));
+    await until(() => processGone(pid), 30_000, `the measured sleep (pid ${pid}) to end`);
   } finally {
     cleanUp(path.join(dir, 'pid'));
     rmSync(dir, { recursive: true, force: true });

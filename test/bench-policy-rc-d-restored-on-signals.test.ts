@@ -12,6 +12,8 @@ import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, wri
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { until } from './helpers/daemon.ts';
+import { processGone } from './helpers/process.ts';
 
 const HOLD = fileURLToPath(new URL('../bench/lib/hold-services.ts', import.meta.url));
 
@@ -30,22 +32,7 @@ await withPolicyRcD(
 process.stdout.write('finished\\n');
 `;
 
-function gone(pid: number): boolean {
-  try {
-    // A zombie has ended; only its parent's wait is missing.
-    return /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return true;
-  }
-}
 
-async function until(what: string, ok: () => boolean): Promise<void> {
-  for (let i = 0; i < 600; i++) {
-    if (ok()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  assert.fail(`still waiting for: ${what}`);
-}
 
 async function scenario(opts: { signal: NodeJS.Signals | null; before: { text: string; mode: number } | null }) {
   const dir = mkdtempSync(path.join(tmpdir(), 'tsf-policy-rc-'));
@@ -66,11 +53,11 @@ async function scenario(opts: { signal: NodeJS.Signals | null; before: { text: s
     child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-    await until('the stand-in for apt-get to start', () => {
+    await until(() => {
       if (existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() !== '') return true;
       if (child.exitCode !== null || child.signalCode !== null) assert.fail(`the child ended before its stand-in for apt-get started: ${out}`);
       return false;
-    });
+    }, 30_000, 'the stand-in for apt-get to start');
     const pid = Number(readFileSync(pidFile, 'utf8'));
     if (opts.signal) {
       assert.match(readFileSync(policy, 'utf8'), /\nexit 101\n$/, 'the policy-rc.d in force while the install runs');
@@ -91,7 +78,7 @@ for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
     assert.doesNotMatch(r.out, /finished/);
     assert.equal(r.policyLeft, null, 'no policy-rc.d left behind');
     assert.equal(r.after, signal, 'the after-install steps (disabling boot links, stopping daemons) still ran');
-    await until(`pid ${r.pid} (the stand-in for apt-get) to end`, () => gone(r.pid));
+    await until(() => processGone(r.pid), 30_000, `pid ${r.pid} (the stand-in for apt-get) to end`);
   });
 }
 
@@ -100,7 +87,7 @@ test("SIGINT during the install: a policy-rc.d that was there (Docker's) is put 
   const r = await scenario({ signal: 'SIGINT', before });
   assert.equal(r.end.signal, 'SIGINT', r.out);
   assert.deepEqual(r.policyLeft, before);
-  await until(`pid ${r.pid} to end`, () => gone(r.pid));
+  await until(() => processGone(r.pid), 30_000, `pid ${r.pid} to end`);
 });
 
 test('an install that is not interrupted runs every step, puts policy-rc.d back, and exits normally', async () => {
