@@ -24,7 +24,8 @@ function runAndKill(file: string, prefix: string, after: number, delayMs: number
     child.stdout.on('data', (d: string) => {
       out += d;
       for (const ch of d) if (ch === '\n') count++;
-      if (!killing && count > after) {
+      // `count` includes the child's "ready" line: kill only once more than `after` addresses were printed.
+      if (!killing && count > after + 1) {
         killing = true;
         setTimeout(() => child.kill('SIGKILL'), delayMs);
       }
