@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync } from 'node:fs';
 import path from 'node:path';
-import { sshConfig, withDaemonDir } from './helpers/daemon.ts';
+import { sshConfig, withDaemonDir, editConfig } from './helpers/daemon.ts';
 import { failed } from './helpers/syslog.ts';
 import { runCli, SHARED } from './helpers/cli.ts';
 
@@ -10,9 +10,9 @@ import { runCli, SHARED } from './helpers/cli.ts';
 test('explain tells the story of an address: each ban, the lines that counted, escalation, country, origin and node', () =>
   withDaemonDir('tsf-explain-', async ({ dir, log, start }) => {
     const cfg = sshConfig(dir, log, { geoip_database: path.join(SHARED, 'corpus/geoip/GeoLite2-Country-Test.mmdb'), ban_time: 600, ban_time_factor: 2 });
-    const c = JSON.parse(readFileSync(cfg, 'utf8'));
-    c.redis = { sync_bans: { name: 'web-1' } };
-    writeFileSync(cfg, JSON.stringify(c));
+    editConfig(cfg, (c) => {
+      c.redis = { sync_bans: { name: 'web-1' } };
+    });
     const d = start(cfg);
     await d.waitFor(/msg=started/);
     const ip = '81.2.69.142';

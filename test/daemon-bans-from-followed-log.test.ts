@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { sshConfig, withDaemonDir } from './helpers/daemon.ts';
+import { sshConfig, withDaemonDir, editConfig } from './helpers/daemon.ts';
 import { accepted, failed } from './helpers/syslog.ts';
 import { openSqliteStore } from '../src/store/sqlite-store.ts';
 
@@ -41,9 +41,9 @@ test('the daemon follows a log, bans the attacker, and never the ignored range o
 test("with logging.active the ban goes into PyFilter's Logs/<YYYY-Mon>/<YYYY-MM-DD>/<YYYY-MM-DD HH>.log layout", () =>
   withDaemonDir('tsf-daemon-', async ({ dir, log, start }) => {
     const cfg = sshConfig(dir, log, {}, {});
-    const c = JSON.parse(readFileSync(cfg, 'utf8'));
-    c.logging = { active: true, directory: 'Logs' };
-    writeFileSync(cfg, JSON.stringify(c));
+    editConfig(cfg, (c) => {
+      c.logging = { active: true, directory: 'Logs' };
+    });
     const d = start(cfg);
     await d.waitFor(/msg=started/);
     const t = Date.now();

@@ -1,9 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { sshConfig, withDaemonDir } from './helpers/daemon.ts';
+import { sshConfig, withDaemonDir, editConfig } from './helpers/daemon.ts';
 import { JOURNAL_REMOTE, haveCommand, requirePrereq } from './helpers/prereq.ts';
 import { openSqliteStore } from '../src/store/sqlite-store.ts';
 
@@ -30,9 +29,9 @@ test('on a host without auth.log the SSH rule reads the journal (journal message
       { unit: 'cron.service', message: `Failed password for root from 192.0.2.61 port ${5000 + i} ssh2`, usec: at() },
     ]));
     const cfg = sshConfig(dir, path.join(dir, 'no-such-auth.log'));
-    const c = JSON.parse(readFileSync(cfg, 'utf8'));
-    c.settings.rules.ssh.journal = { matches: ['_SYSTEMD_UNIT=ssh.service', '+', '_SYSTEMD_UNIT=sshd.service'], mode: 'fallback', files: [journal] };
-    writeFileSync(cfg, JSON.stringify(c));
+    editConfig(cfg, (c) => {
+      c.settings.rules.ssh.journal = { matches: ['_SYSTEMD_UNIT=ssh.service', '+', '_SYSTEMD_UNIT=sshd.service'], mode: 'fallback', files: [journal] };
+    });
     const d = start(cfg);
     await d.waitFor(/msg=started/);
     await d.waitFor(/msg="following the journal"/);

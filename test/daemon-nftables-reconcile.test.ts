@@ -1,10 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { NetnsLab, requireNetns } from './helpers/netns.ts';
-import { sshConfig, until } from './helpers/daemon.ts';
+import { sshConfig, until, editConfig } from './helpers/daemon.ts';
 import { CLI, REPO, runCli } from './helpers/cli.ts';
 
 test('nftables: manual bans reach the sets, a flushed ruleset or set is restored, an offline unban is applied at start, foreign elements stay', { timeout: 120_000 }, async (t) => {
@@ -16,9 +16,9 @@ test('nftables: manual bans reach the sets, a flushed ruleset or set is restored
     const log = path.join(dir, 'auth.log');
     writeFileSync(log, '');
     const cfg = sshConfig(dir, log, { firewall: 'nftables' });
-    const c = JSON.parse(readFileSync(cfg, 'utf8'));
-    c.settings.nftables = { check_interval: 1, verify_interval: 1 };
-    writeFileSync(cfg, JSON.stringify(c));
+    editConfig(cfg, (c) => {
+      c.settings.nftables = { check_interval: 1, verify_interval: 1 };
+    });
     const cli = (...a: string[]) => runCli([...a, '--config', cfg]);
     const set = async (name: string) => (await lab.run(ns, ['nft', 'list', 'set', 'inet', 'tsfilter', name])).stdout;
     const start = () => {

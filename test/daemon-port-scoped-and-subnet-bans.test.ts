@@ -1,10 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { NetnsLab, requireNetns } from './helpers/netns.ts';
-import { sshConfig, until } from './helpers/daemon.ts';
+import { sshConfig, until, editConfig } from './helpers/daemon.ts';
 import { failed } from './helpers/syslog.ts';
 import { CLI, runCli } from './helpers/cli.ts';
 
@@ -21,9 +21,9 @@ test('daemon: a rule with ports bans only those ports, and three banned addresse
       ignored_ips: ['127.0.0.1', '2001:db8:7::99'],
       subnet_bans: { enabled: true, ipv6_prefix: 64, threshold: 3, find_time: 600 },
     }, { ports: [22] });
-    const c = JSON.parse(readFileSync(cfg, 'utf8'));
-    c.settings.nftables = { check_interval: 30 };
-    writeFileSync(cfg, JSON.stringify(c));
+    editConfig(cfg, (c) => {
+      c.settings.nftables = { check_interval: 30 };
+    });
     const p = lab.spawn(ns, [process.execPath, '--import', 'tsx', CLI, 'run', '--config', cfg]);
     let out = '';
     p.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { sshConfig, withDaemonDir } from './helpers/daemon.ts';
+import { sshConfig, withDaemonDir, editConfig } from './helpers/daemon.ts';
 import { failed } from './helpers/syslog.ts';
 import { runCli, SHARED } from './helpers/cli.ts';
 
@@ -14,9 +14,9 @@ function walk(dir: string): string[] {
 test('with a GeoIP database, each ban records its country in the store, in list and in PyFilter\'s log sentence', () =>
   withDaemonDir('tsf-geo-', async ({ dir, log, start }) => {
     const cfg = sshConfig(dir, log, { geoip_database: path.join(SHARED, 'corpus/geoip/GeoLite2-Country-Test.mmdb') });
-    const c = JSON.parse(readFileSync(cfg, 'utf8'));
-    c.logging = { active: true, directory: 'Logs' };
-    writeFileSync(cfg, JSON.stringify(c));
+    editConfig(cfg, (c) => {
+      c.logging = { active: true, directory: 'Logs' };
+    });
     const d = start(cfg);
     await d.waitFor(/msg=started/);
     const t = Date.now();
@@ -51,9 +51,9 @@ test('without a GeoIP database the country stays empty and the sentence is left 
 test('the daemon applies a rule\'s country policy: GB instantly, addresses without a country never; explain shows the code', () =>
   withDaemonDir('tsf-geo-', async ({ dir, log, start }) => {
     const cfg = sshConfig(dir, log, { geoip_database: path.join(SHARED, 'corpus/geoip/GeoLite2-Country-Test.mmdb') });
-    const c = JSON.parse(readFileSync(cfg, 'utf8'));
-    c.settings.rules.ssh.countries = { GB: 'instant', SE: 2, unknown: 'never' };
-    writeFileSync(cfg, JSON.stringify(c));
+    editConfig(cfg, (c) => {
+      c.settings.rules.ssh.countries = { GB: 'instant', SE: 2, unknown: 'never' };
+    });
     const d = start(cfg);
     await d.waitFor(/msg=started/);
     const t = Date.now();

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync } from 'node:fs';
 import net from 'node:net';
-import { sshConfig, withDaemonDir } from './helpers/daemon.ts';
+import { sshConfig, withDaemonDir, editConfig } from './helpers/daemon.ts';
 import { failed } from './helpers/syslog.ts';
 import { runCli } from './helpers/cli.ts';
 
@@ -21,7 +21,9 @@ test('a taken API port does not stop the protection: the daemon bans without the
     let squatting = true;
     try {
       const cfg = sshConfig(dir, log);
-      writeFileSync(cfg, JSON.stringify({ ...JSON.parse(readFileSync(cfg, 'utf8')), api: { listen: `127.0.0.1:${port}` } }));
+      editConfig(cfg, (c) => {
+        c.api = { listen: `127.0.0.1:${port}` };
+      });
       const d = start(cfg);
       await d.waitFor(/msg="api: cannot start; protection goes on without it, retrying" .*already in use/);
       await d.waitFor(/msg=started/);

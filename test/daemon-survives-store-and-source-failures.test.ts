@@ -1,10 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { isBanned, sshConfig, until, withDaemonDir } from './helpers/daemon.ts';
+import { isBanned, sshConfig, until, withDaemonDir, editConfig } from './helpers/daemon.ts';
 import { failed } from './helpers/syslog.ts';
 import { runCli } from './helpers/cli.ts';
 
@@ -42,9 +42,9 @@ test('after a restart, a ban of an address now in ignored_ips is not enforced (h
     for (let i = 0; i < 5; i++) appendFileSync(log, failed(t + i, '198.51.100.23'));
     await d.waitFor(/msg=banned ip=198\.51\.100\.23 /);
     await d.stop();
-    const c = JSON.parse(readFileSync(cfg, 'utf8'));
-    c.settings.ignored_ips.push('198.51.100.0/24');
-    writeFileSync(cfg, JSON.stringify(c));
+    editConfig(cfg, (c) => {
+      c.settings.ignored_ips.push('198.51.100.0/24');
+    });
     d = start(cfg);
     await d.waitFor(/msg=started .*active_bans=0/);
     assert.match(d.out, /msg="active ban of an ignored or protected address is not enforced" ip=198\.51\.100\.23/);
@@ -57,9 +57,9 @@ test('a source that cannot start stops the daemon with an error instead of leavi
     const log = path.join(dir, 'auth.log');
     writeFileSync(log, '');
     const cfg = sshConfig(dir, log);
-    const c = JSON.parse(readFileSync(cfg, 'utf8'));
-    c.settings.rules.ssh.journal = { matches: ['_SYSTEMD_UNIT=ssh.service'], mode: 'always', journalctl: path.join(dir, 'no-such-journalctl') };
-    writeFileSync(cfg, JSON.stringify(c));
+    editConfig(cfg, (c) => {
+      c.settings.rules.ssh.journal = { matches: ['_SYSTEMD_UNIT=ssh.service'], mode: 'always', journalctl: path.join(dir, 'no-such-journalctl') };
+    });
     const r = runCli(['run', '--config', cfg]);
     assert.equal(r.code, 1, `${r.stdout}\n${r.stderr}`);
     assert.match(r.stderr, /no-such-journalctl/);

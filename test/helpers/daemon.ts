@@ -23,6 +23,14 @@ export function sshConfig(dataDir: string, logFile: string, overrides: Record<st
   return file;
 }
 
+/** Rewrites a config file in place: `edit` changes its parsed JSON (top-level blocks, settings, rules). */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export function editConfig(file: string, edit: (c: any) => void): void {
+  const c: unknown = JSON.parse(readFileSync(file, 'utf8'));
+  edit(c);
+  writeFileSync(file, JSON.stringify(c, null, 2));
+}
+
 /** A `tsfilter run` child process whose stdout log records can be awaited. */
 export class DaemonProcess {
   readonly child: ChildProcess;
