@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { call, startHarness, TOKEN } from './helpers/http-api.ts';
+import { call, withHarness, TOKEN } from './helpers/http-api.ts';
 import { REPO } from './helpers/cli.ts';
 import { apiSchema, apiSettings } from '../src/api/http/config.ts';
 import { DASHBOARD_CSP, WEB_DIR } from '../src/api/http/dashboard.ts';
@@ -30,8 +30,7 @@ function rawGet(url: string, target: string): Promise<{ status: number; body: st
 test('the daemon serves the dashboard at / from the package\'s web/ folder, with its content types, a strict CSP and revalidation', { timeout: 60_000 }, async () => {
   assert.equal(WEB_DIR, path.join(REPO, 'web') + path.sep, 'web/ is found three levels above src/api/http');
   // A token is configured, so reads need it: the page's own files do not (it asks for the token itself).
-  const h = await startHarness();
-  try {
+  await withHarness({}, async (h) => {
     assert.equal((await call(h.url, 'GET', '/api/stats')).status, 401);
     for (const [p, file, type] of FILES) {
       const r = await call(h.url, 'GET', p);
@@ -80,24 +79,19 @@ test('the daemon serves the dashboard at / from the package\'s web/ folder, with
     // The API is untouched beside it.
     assert.equal((await call(h.url, 'GET', '/api')).status, 200);
     assert.equal((await call(h.url, 'GET', '/nope')).json.error, 'not found: GET /nope');
-  } finally {
-    await h.close();
-  }
+  });
 });
 
 test('api.dashboard: on by default, and false serves no dashboard while the API keeps working', { timeout: 60_000 }, async () => {
   assert.equal(apiSettings(apiSchema.parse({}), '/etc/tsfilter')!.dashboard, true);
   assert.equal(apiSettings(apiSchema.parse({ dashboard: false }), '/etc/tsfilter')!.dashboard, false);
   assert.equal(apiSchema.safeParse({ dashboard: 'yes' }).success, false);
-  const h = await startHarness({ api: { dashboard: false } });
-  try {
+  await withHarness({ api: { dashboard: false } }, async (h) => {
     for (const p of ['/', '/app.js', '/style.css']) {
       const r = await call(h.url, 'GET', p);
       assert.equal(r.status, 404, p);
       assert.equal(r.headers.get('content-security-policy'), null);
     }
     assert.equal((await call(h.url, 'GET', '/api/stats', { token: TOKEN })).status, 200);
-  } finally {
-    await h.close();
-  }
+  });
 });

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { openSqliteStore } from '../src/store/sqlite-store.ts';
 import { readTokenFile, tokenMatches } from '../src/api/http/config.ts';
-import { call, startHarness, TOKEN } from './helpers/http-api.ts';
+import { call, startHarness, TOKEN, withHarness } from './helpers/http-api.ts';
 
 function isBanned(dbFile: string, ip: string): boolean {
   const s = openSqliteStore(dbFile, { readonly: true });
@@ -17,8 +17,7 @@ function isBanned(dbFile: string, ip: string): boolean {
 }
 
 test('writes need the bearer token: none or a wrong one is 401 and changes nothing, the right one bans and unbans', { timeout: 60_000 }, async () => {
-  const h = await startHarness();
-  try {
+  await withHarness({}, async (h) => {
     const ip = '203.0.113.10';
     const none = await call(h.url, 'POST', '/api/bans', { body: { ip } });
     assert.equal(none.status, 401);
@@ -57,14 +56,11 @@ test('writes need the bearer token: none or a wrong one is 401 and changes nothi
     assert.equal((await call(h.url, 'GET', '/api')).json.token_valid, null);
     assert.equal((await call(h.url, 'GET', '/api', { token: TOKEN })).json.token_valid, true);
     assert.equal((await call(h.url, 'GET', '/api', { token: 'wrong-token-0123456789abcdef' })).json.token_valid, false);
-  } finally {
-    await h.close();
-  }
+  });
 });
 
 test('without any token configured writes are disabled (403) and GET /api says so; reads still work, with a warning', { timeout: 60_000 }, async () => {
-  const h = await startHarness({ api: { token: null } });
-  try {
+  await withHarness({ api: { token: null } }, async (h) => {
     const r = await call(h.url, 'POST', '/api/bans', { token: TOKEN, body: { ip: '203.0.113.11' } });
     assert.equal(r.status, 403);
     assert.match(r.json.error, /writes are disabled.*token_file/);
@@ -74,9 +70,7 @@ test('without any token configured writes are disabled (403) and GET /api says s
     assert.equal((await call(h.url, 'GET', '/api/status')).status, 200);
     assert.equal((await call(h.url, 'GET', '/api/bans/192.0.2.9/explain')).status, 200);
     assert.ok(h.logs.some((l) => /level=warn msg="api: no token configured: every local user can read the bans and the log lines behind them/.test(l)), h.logs.join('\n'));
-  } finally {
-    await h.close();
-  }
+  });
 });
 
 /** Every read endpoint: 401 without the token or with a wrong one, 200 with it. */
@@ -100,12 +94,9 @@ async function readsNeedTheToken(url: string): Promise<void> {
 test('with a token configured, every read (status, bans, explain, stats, events, metrics) needs it by default, as with read_requires_token: true', { timeout: 90_000 }, async () => {
   // The explain story holds raw lines of root-only logs: no read_requires_token setting must not open them.
   for (const api of [{}, { read_requires_token: null }, { read_requires_token: true }]) {
-    const h = await startHarness({ api, metrics: true });
-    try {
+    await withHarness({ api, metrics: true }, async (h) => {
       await readsNeedTheToken(h.url);
-    } finally {
-      await h.close();
-    }
+    });
   }
 });
 
@@ -114,20 +105,16 @@ test('with a token_file configured, reads need the token by default too', { time
   try {
     const file = path.join(dir, 'api.token');
     writeFileSync(file, `${TOKEN}\n`, { mode: 0o600 });
-    const h = await startHarness({ api: { token: null, token_file: file }, metrics: true });
-    try {
+    await withHarness({ api: { token: null, token_file: file }, metrics: true }, async (h) => {
       await readsNeedTheToken(h.url);
-    } finally {
-      await h.close();
-    }
+    });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });
 
 test('read_requires_token: false opens every read to anyone, while writes still need the token', { timeout: 60_000 }, async () => {
-  const h = await startHarness({ api: { read_requires_token: false }, metrics: true });
-  try {
+  await withHarness({ api: { read_requires_token: false }, metrics: true }, async (h) => {
     for (const p of ['/api/status', '/api/bans', '/api/bans/192.0.2.9/explain', '/api/stats', '/metrics']) {
       assert.equal((await call(h.url, 'GET', p)).status, 200, p);
     }
@@ -138,9 +125,7 @@ test('read_requires_token: false opens every read to anyone, while writes still 
     assert.equal((await call(h.url, 'GET', '/api')).json.read_requires_token, false);
     assert.equal((await call(h.url, 'POST', '/api/bans', { body: { ip: '203.0.113.13' } })).status, 401);
     assert.equal(isBanned(h.config.sqlitePath, '203.0.113.13'), false);
-  } finally {
-    await h.close();
-  }
+  });
 });
 
 test('token_file: read when it is root-only (0600); group- or world-readable, a symlink, or a short token stop the start', { timeout: 60_000 }, async () => {
@@ -162,21 +147,17 @@ test('token_file: read when it is root-only (0600); group- or world-readable, a 
     writeFileSync(path.join(dir, 'short'), 'abc', { mode: 0o600 });
     assert.throws(() => readTokenFile(path.join(dir, 'short')), /at least 16 characters/);
 
-    const h = await startHarness({ api: { token: null, token_file: file } });
-    try {
+    await withHarness({ api: { token: null, token_file: file } }, async (h) => {
       assert.equal((await call(h.url, 'POST', '/api/bans', { token: 'wrong-token-0123456789abcdef', body: { ip: '203.0.113.12' } })).status, 401);
       assert.equal((await call(h.url, 'POST', '/api/bans', { token: TOKEN, body: { ip: '203.0.113.12' } })).status, 201);
-    } finally {
-      await h.close();
-    }
+    });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });
 
 test('a Host header naming something else than an IP, localhost or allowed_hosts is refused (DNS rebinding)', { timeout: 60_000 }, async () => {
-  const h = await startHarness({ api: { allowed_hosts: ['tsfilter.example.org'] } });
-  try {
+  await withHarness({ api: { allowed_hosts: ['tsfilter.example.org'] } }, async (h) => {
     const port = new URL(h.url).port;
     const get = (host: string) =>
       new Promise<number>((resolve, reject) => {
@@ -195,9 +176,7 @@ test('a Host header naming something else than an IP, localhost or allowed_hosts
     assert.equal(await get(`localhost:${port}`), 200);
     assert.equal(await get(`[::1]:${port}`), 200);
     assert.equal(await get('TSFilter.example.org'), 200);
-  } finally {
-    await h.close();
-  }
+  });
 });
 
 test('tokens are compared whole: equal only when identical', () => {

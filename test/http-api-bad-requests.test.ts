@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
 import { openSqliteStore } from '../src/store/sqlite-store.ts';
-import { call, startHarness, TOKEN } from './helpers/http-api.ts';
+import { call, withHarness, TOKEN } from './helpers/http-api.ts';
 
 /** A request with a body streamed in chunks, without Content-Length (Transfer-Encoding: chunked). */
 function chunked(url: string, body: string, chunk: number): Promise<{ status: number; json: { error: string } }> {
@@ -24,8 +24,7 @@ function chunked(url: string, body: string, chunk: number): Promise<{ status: nu
 }
 
 test('bad requests get a 4xx with a JSON error naming the field, and the daemon keeps serving', { timeout: 90_000 }, async () => {
-  const h = await startHarness({ api: { max_body_bytes: 1024 } });
-  try {
+  await withHarness({ api: { max_body_bytes: 1024 } }, async (h) => {
     const post = (body: unknown) => call(h.url, 'POST', '/api/bans', { token: TOKEN, body });
     const expect = async (r: Promise<{ status: number; json: { error?: unknown; field?: unknown } }>, status: number, field: string | undefined, re: RegExp, what: string) => {
       const got = await r;
@@ -113,14 +112,11 @@ test('bad requests get a 4xx with a JSON error naming the field, and the daemon 
     const listed = await call(h.url, 'GET', '/api/bans', { token: TOKEN });
     assert.equal(listed.json.bans[0].ip, '203.0.113.20');
     assert.equal(listed.json.bans[0].expires, null, 'duration null: permanent');
-  } finally {
-    await h.close();
-  }
+  });
 });
 
 test('every JSON answer carries nosniff and no-store, and an unencoded prefix works in the path', { timeout: 60_000 }, async () => {
-  const h = await startHarness();
-  try {
+  await withHarness({}, async (h) => {
     const made = await call(h.url, 'POST', '/api/bans', { token: TOKEN, body: { ip: '198.51.100.0/24', duration: '2h' } });
     assert.equal(made.status, 201, made.text);
     const r = await call(h.url, 'GET', '/api/bans/198.51.100.0/24/explain', { token: TOKEN });
@@ -135,7 +131,5 @@ test('every JSON answer carries nosniff and no-store, and an unencoded prefix wo
     const del = await call(h.url, 'DELETE', '/api/bans/198.51.100.0/24', { token: TOKEN });
     assert.equal(del.status, 200);
     assert.equal(del.json.removed, true);
-  } finally {
-    await h.close();
-  }
+  });
 });

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import Database from 'better-sqlite3';
 import { openSqliteStore, type SqliteStore, type StoredBan } from '../src/store/sqlite-store.ts';
-import { call, runCliAsync, startHarness, TOKEN, type Harness } from './helpers/http-api.ts';
+import { call, runCliAsync, withHarness, TOKEN, type Harness } from './helpers/http-api.ts';
 import { jsonLines } from './helpers/cli.ts';
 
 const HOUR = 3_600_000;
@@ -98,8 +98,7 @@ const byIp = (a: { ip?: unknown }, b: { ip?: unknown }) => String(a.ip).localeCo
 
 test('GET /api/bans lists the active bans exactly as `tsfilter list --json` and the store do, newest first, over every page', { timeout: 120_000 }, async () => {
   const now = Date.now();
-  const h = await startHarness({ seed: seed(now) });
-  try {
+  await withHarness({ seed: seed(now) }, async (h) => {
     // One more ban made by the running daemon, through the API, so the list is not only what was seeded.
     const made = await call(h.url, 'POST', '/api/bans', { token: TOKEN, body: { ip: '203.0.113.254', duration: 3600, reason: 'via api' } });
     assert.equal(made.status, 201, made.text);
@@ -130,15 +129,12 @@ test('GET /api/bans lists the active bans exactly as `tsfilter list --json` and 
     const first = await call(h.url, 'GET', '/api/bans?limit=40&offset=0', { token: TOKEN });
     const second = await call(h.url, 'GET', '/api/bans?limit=40&offset=40', { token: TOKEN });
     assert.deepEqual([...first.json.bans, ...second.json.bans].map((b: { id: number }) => b.id), bans.slice(0, 80).map((b) => b.id));
-  } finally {
-    await h.close();
-  }
+  });
 });
 
 test('GET /api/bans filters (state, rule, country, node, origin, time range, ip, address prefix) select what the store holds', { timeout: 120_000 }, async () => {
   const now = Date.now();
-  const h = await startHarness({ seed: seed(now) });
-  try {
+  await withHarness({ seed: seed(now) }, async (h) => {
     const rows = truth(h);
     const t = Date.now();
     const active = (b: StoredBan) => b.endedAt === null && (b.expiresAt === null || b.expiresAt > t);
@@ -176,7 +172,5 @@ test('GET /api/bans filters (state, rule, country, node, origin, time range, ip,
     // An ended ban shows how it ended.
     const ended = (await call(h.url, 'GET', '/api/bans?state=ended&limit=1000', { token: TOKEN })).json.bans as Record<string, unknown>[];
     assert.ok(ended.some((b) => b.end_reason === 'unbanned with tsfilter unban' && typeof b.ended === 'string' && b.active === false));
-  } finally {
-    await h.close();
-  }
+  });
 });

@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { apiSchema, apiSettings, parseListen } from '../src/api/http/config.ts';
 import { startHttpApi } from '../src/api/http/server.ts';
 import { silentLogger } from '../src/util/logger.ts';
-import { call, socketHandler, startHarness, TOKEN } from './helpers/http-api.ts';
+import { call, socketHandler, withHarness, TOKEN } from './helpers/http-api.ts';
 
 test('api.listen: IPv4 and bracketed IPv6 literals with a port; anything else is refused with an example', () => {
   assert.deepEqual(parseListen('127.0.0.1:9707'), { host: '127.0.0.1', port: 9707 });
@@ -64,8 +64,7 @@ test('the api block: off when absent or disabled, loopback by default, every fie
 });
 
 test('the API listens on [::1] when told, and a port in use is a clear start-up error that leaves the first one running', { timeout: 60_000 }, async (t) => {
-  const h = await startHarness();
-  try {
+  await withHarness({}, async (h) => {
     const port = Number(new URL(h.url).port);
     const settings = apiSettings(apiSchema.parse({ listen: `127.0.0.1:${port}` }), h.dir)!;
     await assert.rejects(
@@ -94,7 +93,5 @@ test('the API listens on [::1] when told, and a port in use is a clear start-up 
     } finally {
       await api6.close();
     }
-  } finally {
-    await h.close();
-  }
+  });
 });

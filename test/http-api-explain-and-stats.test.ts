@@ -3,14 +3,13 @@ import assert from 'node:assert/strict';
 import Database from 'better-sqlite3';
 import { openSqliteStore, type StoredBan } from '../src/store/sqlite-store.ts';
 import type { BanRecord } from '../src/store/types.ts';
-import { call, runCliAsync, startHarness, TOKEN } from './helpers/http-api.ts';
+import { call, runCliAsync, startHarness, TOKEN, withHarness } from './helpers/http-api.ts';
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
 
 test('GET /api/bans/:ip/explain tells the same story as `tsfilter explain --json`: every ban, escalation, the covering prefix', { timeout: 90_000 }, async () => {
-  const h = await startHarness();
-  try {
+  await withHarness({}, async (h) => {
     const ip = '203.0.113.40';
     // Banned twice without a duration: ban_time with escalation (the default config doubles it), unbanned between.
     assert.equal((await call(h.url, 'POST', '/api/bans', { token: TOKEN, body: { ip, reason: 'first' } })).status, 201);
@@ -33,9 +32,7 @@ test('GET /api/bans/:ip/explain tells the same story as `tsfilter explain --json
     assert.equal(story.bans[0].end_reason, 'unbanned with tsfilter unban');
     assert.deepEqual(story.covered_by, ['203.0.113.0/24']);
     assert.deepEqual((await call(h.url, 'GET', '/api/bans/2001:db8::99/explain', { token: TOKEN })).json, { ip: '2001:db8::99', bans: [], covered_by: [] });
-  } finally {
-    await h.close();
-  }
+  });
 });
 
 test('GET /api/stats counts what the store holds: per hour, per day, per rule, per country, per origin, top offenders', { timeout: 90_000 }, async () => {

@@ -17,7 +17,7 @@ import { failed } from './helpers/syslog.ts';
 import { haveCommand, requirePrereq } from './helpers/prereq.ts';
 import { RedisServer, requireRedis } from './helpers/redis.ts';
 import { sshConfig } from './helpers/daemon.ts';
-import { AUTH, call, socketHandler, startHarness, TOKEN, type Harness } from './helpers/http-api.ts';
+import { AUTH, call, socketHandler, startHarness, TOKEN, type Harness, withHarness } from './helpers/http-api.ts';
 
 interface Sample {
   name: string;
@@ -192,16 +192,13 @@ test('/metrics: lines read and matched per source and rule, failures, bans per r
 
 test('/metrics passes `promtool check metrics`', { timeout: 90_000 }, async (t) => {
   if (!requirePrereq(t, haveCommand('promtool'), 'promtool', 'install it (apt-get install prometheus)')) return;
-  const h = await startHarness({ metrics: true });
-  try {
+  await withHarness({ metrics: true }, async (h) => {
     await call(h.url, 'POST', '/api/bans', { token: TOKEN, body: { ip: '203.0.113.62' } });
     appendFileSync(h.logFile, failed(Date.now(), '192.0.2.62'));
     const { text } = await scrape(h);
     const r = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });
     assert.equal(r.status, 0, `promtool: ${r.stdout}${r.stderr}`);
-  } finally {
-    await h.close();
-  }
+  });
 });
 
 test('enforcer batches are timed and failures counted, per enforcer and operation, by wrapping the real enforcers', { timeout: 60_000 }, async () => {

@@ -4,7 +4,7 @@
  * daemon over its real control socket, as `tsfilter ban` does.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startDaemon, type DaemonHandle } from '../../src/daemon.ts';
@@ -13,7 +13,7 @@ import { openSqliteStore, type SqliteStore } from '../../src/store/sqlite-store.
 import { request } from '../../src/api/control-client.ts';
 import type { Handler } from '../../src/api/control-server.ts';
 import { createLogger } from '../../src/util/logger.ts';
-import { sshConfig } from './daemon.ts';
+import { editConfig, sshConfig } from './daemon.ts';
 import { CLI, REPO } from './cli.ts';
 
 export const TOKEN = 'test-token-0123456789abcdef';
@@ -45,6 +45,8 @@ export function socketHandler(socket: string): Handler {
   };
 }
 
+export type HarnessOptions = Parameters<typeof startHarness>[0];
+
 export async function startHarness(
   o: {
     api?: Record<string, unknown>;
@@ -64,13 +66,11 @@ export async function startHarness(
   let daemon: DaemonHandle | undefined;
   try {
     const configFile = sshConfig(dir, logFile, { protect_sessions: false, ...o.configOverrides });
-    {
-      // The daemon starts the API itself from its config's api block, as in production.
-      const cfg = JSON.parse(readFileSync(configFile, 'utf8')) as Record<string, unknown>;
+    // The daemon starts the API itself from its config's api block, as in production.
+    editConfig(configFile, (cfg: Record<string, unknown>) => {
       cfg.api = { listen: '127.0.0.1:0', token: TOKEN, heartbeat_interval: 1, metrics: o.metrics ?? false, ...o.api };
       o.editConfig?.(cfg);
-      writeFileSync(configFile, JSON.stringify(cfg, null, 2));
-    }
+    });
     const config = loadConfigFile(configFile);
     if (o.seed) {
       const store = openSqliteStore(config.sqlitePath, { server: config.serverName });
@@ -94,6 +94,16 @@ export async function startHarness(
     await daemon?.stop();
     rmSync(dir, { recursive: true, force: true });
     throw e;
+  }
+}
+
+/** A harness for the length of `fn`, closed afterwards whatever happens. */
+export async function withHarness<T>(o: HarnessOptions, fn: (h: Harness) => Promise<T>): Promise<T> {
+  const h = await startHarness(o);
+  try {
+    return await fn(h);
+  } finally {
+    await h.close();
   }
 }
 
