@@ -22,8 +22,6 @@ const ORIGINS = new Set(['local', 'manual', 'remote', 'pyfilter']);
 export interface MetricsSource {
   /** The daemon's status snapshot (`tsfilter status --json`). */
   status(): Promise<Record<string, unknown>> | Record<string, unknown>;
-  /** Active bans as `tsfilter list` counts them. */
-  activeBans(): number;
 }
 
 /** A counter fed from totals that may restart from zero (a source recreated by a reload): it never goes down. */
@@ -152,7 +150,8 @@ export class Metrics {
   private async refresh(): Promise<void> {
     if (this.source === null) return;
     const s = await this.source.status();
-    this.activeBans.set(this.source.activeBans());
+    // The status already counts them as `tsfilter list` does (store.countActiveBans).
+    this.activeBans.set(num(s.active_bans) ?? 0);
     this.sourceLines.reset();
     for (const src of arr(s.sources)) {
       const name = str(src.name);

@@ -3,10 +3,10 @@
  * file and shows per line which pattern matched, its captures and the parsed time, the matches that were refused and
  * why, optionally the unmatched lines, and per pattern how many lines it matched, flagging the ones that never did.
  */
-import { escapeControls, jsonLine, printable } from '../util/terminal-text.ts';
+import { escapeControls, jsonLine, printable, quotePattern } from '../util/terminal-text.ts';
 import { accessSync, constants, statSync } from 'node:fs';
 import type { Config } from '../config/load.ts';
-import { compileRuleForInspection, quotePattern } from '../rules/compile.ts';
+import { compileRuleForInspection } from '../rules/compile.ts';
 import { PatternError } from '../rules/types.ts';
 import type { LineInspection, MatchKind, PatternHit, RuleConfig, RuleInspector } from '../rules/types.ts';
 import { readLines } from '../sources/read-lines.ts';

@@ -15,6 +15,7 @@ import type {
 import { foldCase, groupInfo, requiredLiteral, translatePython, TranslateError } from './pyregex.ts';
 import { compileTimeFormat, TimeFormatError } from './time.ts';
 import type { TimeParser } from './time.ts';
+import { quotePattern } from '../util/terminal-text.ts';
 import { rateLimitedWarn } from './warn.ts';
 
 export interface CompileOptions {
@@ -46,18 +47,6 @@ interface Compiled {
   text: string;
   /** Number of capturing groups (for showing positional captures). */
   groupCount: number;
-}
-
-/**
- * A pattern (or time format) quoted for a message: JSON-quoted, so control characters and quotes are escaped and the
- * text reads as it is written in config.json; longer than `max` characters, its middle is cut out (`…`) — the
- * patterns of one rule often share a long prefix, and the end is what tells them apart.
- */
-export function quotePattern(text: string, max = 120): string {
-  const chars = [...text];
-  if (chars.length <= max) return JSON.stringify(text);
-  const head = Math.floor(max / 3);
-  return JSON.stringify(chars.slice(0, head).join('') + '…' + chars.slice(chars.length - (max - head - 1)).join(''));
 }
 
 /** V8 repeats the whole source in its message (`Invalid regular expression: /src/flags: reason`); keep the reason. */

@@ -6,6 +6,7 @@
  * Times without an offset are in the local time zone of this process (set TZ to change it).
  */
 import './regex-guard.ts';
+import { quotePattern } from '../util/terminal-text.ts';
 
 /**
  * A yearless timestamp (`Dec 31 23:59:59`) gets the year that puts it nearest to `now` without being in the future
@@ -118,10 +119,6 @@ const EXPANSIONS: Record<string, string> = { T: '%H:%M:%S', D: '%m/%d/%y', F: '%
 
 const SUPPORTED = [...Object.keys(DIRECTIVES), ...Object.keys(EXPANSIONS), '%'].map((d) => '%' + d).join(' ');
 
-/** The format JSON-quoted (control characters escaped), its middle cut out beyond 120 characters. */
-function quoteFormat(format: string): string {
-  return JSON.stringify(format.length <= 120 ? format : format.slice(0, 40) + '…' + format.slice(-79));
-}
 
 function escapeRe(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
@@ -136,7 +133,7 @@ function compileFormat(format: string): { re: RegExp; setters: Setter[] } {
     if (c === '%') {
       const d = fmt[i + 1];
       i++;
-      if (d === undefined) throw new TimeFormatError(`time_format ${quoteFormat(format)}: ends with a lone % (write %% for a literal %)`);
+      if (d === undefined) throw new TimeFormatError(`time_format ${quotePattern(format)}: ends with a lone % (write %% for a literal %)`);
       if (d === '%') {
         src += '%';
         continue;
@@ -149,7 +146,7 @@ function compileFormat(format: string): { re: RegExp; setters: Setter[] } {
       }
       const spec = DIRECTIVES[d];
       if (!spec) {
-        throw new TimeFormatError(`time_format ${quoteFormat(format)}: unknown directive ${JSON.stringify('%' + d).slice(1, -1)} ` +
+        throw new TimeFormatError(`time_format ${quotePattern(format)}: unknown directive ${JSON.stringify('%' + d).slice(1, -1)} ` +
           `(known: ${SUPPORTED})`);
       }
       src += spec[0];

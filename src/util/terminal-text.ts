@@ -20,3 +20,15 @@ export function escapeControls(s: string): string {
 export function jsonLine(v: unknown): string {
   return JSON.stringify(v).replace(UNSAFE_JSON, u4);
 }
+
+/**
+ * A pattern (or time format) quoted for a message: JSON-quoted, so control characters and quotes are escaped and the
+ * text reads as it is written in config.json; longer than `max` characters, its middle is cut out (`…`) — the
+ * patterns of one rule often share a long prefix, and the end is what tells them apart.
+ */
+export function quotePattern(text: string, max = 120): string {
+  const chars = [...text];
+  if (chars.length <= max) return JSON.stringify(text);
+  const head = Math.floor(max / 3);
+  return JSON.stringify(chars.slice(0, head).join('') + '…' + chars.slice(chars.length - (max - head - 1)).join(''));
+}

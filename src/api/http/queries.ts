@@ -211,8 +211,3 @@ export function explainIp(rdb: ReadDb, ip: string, now: number): { ip: string; b
   }
   return { ip, bans, covered_by: coveredBy };
 }
-
-/** Active bans, deduplicated per address: `tsfilter list`'s count. */
-export function countActive(rdb: ReadDb, now: number): number {
-  return rdb.db.prepare(`SELECT count(DISTINCT b.ip) FROM bans b WHERE ${ACTIVE}`).pluck().get(now) as number;
-}

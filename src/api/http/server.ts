@@ -31,7 +31,7 @@ import type { Metrics } from '../metrics.ts';
 import { loadToken, type ApiSettings } from './config.ts';
 import { createGuard } from './guard.ts';
 import { openReadDb } from './read-db.ts';
-import { countActive, explainIp, listBans, TotalCache } from './queries.ts';
+import { explainIp, listBans, TotalCache } from './queries.ts';
 import { statsCache } from './stats.ts';
 import { BanFeed } from './ban-feed.ts';
 import { eventStreams } from './sse.ts';
@@ -113,7 +113,6 @@ export async function startHttpApi(deps: HttpApiDeps, s: ApiSettings): Promise<H
     feed.subscribe(metrics.countEvents);
     metrics.attach({
       status: async () => ((await control({ cmd: 'status' })).status ?? {}) as Record<string, unknown>,
-      activeBans: () => countActive(rdb, Date.now()),
     });
   }
   const stats = statsCache(rdb, () => feed.changes);
