@@ -4,7 +4,8 @@
 // restart. Every firewall change happens inside namespaces of the test's own.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { IpsetEnforcer, SETS, type IpsetEnforcerOptions } from '../src/firewall/ipset.ts';
+import { IpsetEnforcer, type IpsetEnforcerOptions } from '../src/firewall/ipset.ts';
+import { SETS } from '../src/firewall/ipset-sets.ts';
 import { canonicalTarget } from '../src/firewall/target.ts';
 import type { Enforcement, FirewallLogger } from '../src/firewall/types.ts';
 import { requireNetns, type NetnsLab } from './helpers/netns.ts';

@@ -2,7 +2,8 @@
 // other tables untouched, element timeouts, idempotent ban/unban, and addresses validated before nft ever runs.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { NftablesEnforcer, rulesetScript, type NftLogger } from '../src/firewall/nftables.ts';
+import { NftablesEnforcer, type NftLogger } from '../src/firewall/nftables.ts';
+import { rulesetScript } from '../src/firewall/nft-ruleset.ts';
 import { canonicalAddress, summarizeStderr } from '../src/firewall/nft-runner.ts';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';

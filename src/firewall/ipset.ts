@@ -42,9 +42,6 @@ import { addLine, allowEntries, allowLines, CHUNK_LINES, delLine, MAX_TIMEOUT_S,
  */
 
 export const DEFAULT_CHAIN = 'TSFILTER_IPSET';
-export { MAX_TIMEOUT_S, CHUNK_LINES, SETS, parseSetHeaders, parseSetElements, splitElement, scopeKeys, addLine, delLine, allowEntries } from './ipset-sets.ts';
-export type { SetInfo } from './ipset-sets.ts';
-export { parseFilterTable as parseIptablesSave } from './xtables.ts';
 
 export type DenyType = 'DROP' | 'REJECT';
 

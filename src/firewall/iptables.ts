@@ -2,7 +2,7 @@ import type { Enforcer, Enforcement, EnforcerOptions, PortScope } from './types.
 import { canonicalTarget, type Target } from './target.ts';
 import { BackendState, errorText, type BackendHealth } from './backend-state.ts';
 import { forEachValid, validTargets } from './ban-input.ts';
-import { detectVariant, filterScript, jumpCounts, parseFilterTable, readFilter, restoreFilter, saveFilter, xtablesBins, type Family, type FilterTable, type Variant, type XtablesBins } from './xtables.ts';
+import { detectVariant, filterScript, jumpCounts, readFilter, restoreFilter, xtablesBins, type Family, type FilterTable, type Variant, type XtablesBins } from './xtables.ts';
 
 /*
  * The iptables backend. Per family (iptables for IPv4, ip6tables for IPv6), table filter only:
@@ -127,10 +127,6 @@ export function chainState(table: FilterTable, chain: string): ChainState {
   return st;
 }
 
-export function parseSave(text: string, chain: string): ChainState {
-  return chainState(parseFilterTable(text), chain);
-}
-
 interface FamilyState {
   family: Family;
   bins: XtablesBins;
@@ -242,7 +238,7 @@ export class IptablesEnforcer implements Enforcer {
     return this.state.serial(async () => {
       const out: string[] = [];
       for (const f of this.families()) {
-        const st = parseSave(await saveFilter(f.bins), this.chain);
+        const st = chainState(await readFilter(f.bins), this.chain);
         for (const [s, specs] of st.bans) if (!f.bans.has(s)) f.bans.set(s, specs);
         out.push(...st.bans.keys());
       }

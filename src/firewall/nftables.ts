@@ -22,9 +22,6 @@ import { heldOf, sameHeld, SetMemory, timeoutOf, type Change, type Plan } from '
  * unban still names its port elements; add+delete of an element that is gone is harmless.
  */
 
-export { TABLE, SET4, SET6, CHAIN, FORWARD_CHAIN, SETS, SET_DEFS, chainRules, rulesetScript, allowScript, inspectTable } from './nft-ruleset.ts';
-export type { DenyType, Inspection, RulesetOptions } from './nft-ruleset.ts';
-export { MAX_TIMEOUT_S } from './nft-set-memory.ts';
 /** Distinct sources per transaction: keeps one nft process under ~60 MB; 100,000 bans are 4 transactions. */
 export const CHUNK = 25_000;
 
