@@ -284,8 +284,9 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
       onChange:
         initial.database === 'redis'
           ? (ev) => {
-              store.fleet.bumpVersion(ev.ip, ev.at);
-              sync?.enqueue(ev);
+              // Straight into the store's outbox: changes made before fleet sync starts (the blacklist files'
+              // import at start) are published too once it does.
+              store.fleet.recordLocal(ev, JSON.stringify(ev), Date.now());
               // Runs once the synchronous transaction holding this change has committed (or rolled it back).
               queueMicrotask(() => sync?.flush());
             }

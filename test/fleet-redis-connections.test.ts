@@ -182,7 +182,7 @@ async function fleetPair(s: RedisSettings, w: Where): Promise<void> {
     await within(nb.start(5000), 10_000, 'node-b start');
     assert.equal(na.status().connected, true, log.lines.join('\n'));
     const ev = ban('203.0.113.9', 'node-a');
-    na.enqueue(ev);
+    stores[0].fleet.recordLocal(ev, JSON.stringify(ev), Date.now());
     na.flush();
     await waitFor(() => got.some((e) => e.ip === ev.ip), 10_000, () => `node-b applying node-a's ban\n${log.lines.join('\n')}`);
     assert.deepEqual(
@@ -357,7 +357,7 @@ test('Redis down at start: connectRedis returns at once, commands fail fast, and
     await within(sync.start(300), 3000, 'FleetSync.start with Redis down');
     assert.ok(Date.now() - t0 < 1500, `start took ${Date.now() - t0} ms`);
     const ev = ban('192.0.2.99', 'node-a');
-    sync.enqueue(ev);
+    st.fleet.recordLocal(ev, JSON.stringify(ev), Date.now());
     sync.flush();
     assert.equal(st.fleet.outboxCount(), 1);
     assert.equal(sync.status().connected, false);
@@ -395,7 +395,8 @@ test('a user who may not touch the keys, on a Redis that comes up after start: N
       apply: async (ev, commit) => (commit(), ev.length),
     });
     await sync.start(0);
-    sync.enqueue(ban('192.0.2.50', 'node-a'));
+    const ev = ban('192.0.2.50', 'node-a');
+    st.fleet.recordLocal(ev, JSON.stringify(ev), Date.now());
     sync.flush();
     await lab.server(port, ['--port', String(port), '--user', 'nokeys', 'on', '>pw', '~other:*', '&*', '+@all']);
     await waitFor(() => log.lines.some((l) => /redis connected/.test(l)), 15_000, () => `the connection\n${log.lines.join('\n')}`);

@@ -28,6 +28,11 @@ export interface FleetState {
   version(ip: string): number | undefined;
   /** Records a change at `at` unless a later one is known; returns whether it was the latest. */
   bumpVersion(ip: string, at: number): boolean;
+  /**
+   * A change made on this node, inside the store transaction that made it: its version, and the event queued in the
+   * outbox for publishing (durable with the change, whether or not fleet sync is running yet).
+   */
+  recordLocal(ev: { ip: string; at: number }, event: string, now: number): void;
   /** Records that `node` reported `ip` and returns how many distinct nodes did since `since`. */
   report(ip: string, node: string, at: number, since: number): number;
   /** Forgets reports and versions older than `before` (bounded tables). */
@@ -66,6 +71,10 @@ export function fleetState(db: Database.Database): FleetState {
     version: (ip) => s.verGet.get(ip)?.at,
     // The upsert's WHERE keeps a later version: no row changed means a later (or the same) change is known.
     bumpVersion: (ip, at) => s.verSet.run(ip, at).changes > 0,
+    recordLocal: (ev, event, now) => {
+      s.verSet.run(ev.ip, ev.at);
+      s.add.run(event, now);
+    },
     report: (ip, node, at, since) => {
       s.report.run(ip, node, at);
       return s.reporters.get(ip, since)!.n;

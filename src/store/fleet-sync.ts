@@ -180,7 +180,7 @@ export class FleetSync {
     const events = this.o.republish();
     if (events.length === 0) return;
     this.o.logger.warn('the fleet\'s ban table in redis is gone (restarted without persistence?); publishing this node\'s active bans again', { count: events.length });
-    for (const ev of events) this.enqueue(ev);
+    for (const ev of events) this.o.fleet.outboxAdd(JSON.stringify(ev), this.now());
   }
 
   /** Renews this node's lease and its entry in the peer table; returns the other instance's id on a conflict. */
@@ -208,11 +208,6 @@ export class FleetSync {
       if (name !== this.s.sync.name && Number.isFinite(seen)) peers.push({ name: name.slice(0, 200), seen });
     }
     this.peerList = peers;
-  }
-
-  /** Called inside the store transaction that made a local change: the event is durable with the change. */
-  enqueue(ev: FleetEvent): void {
-    this.o.fleet.outboxAdd(JSON.stringify(ev), this.now());
   }
 
   /** After the transaction committed: publish what is queued. */
