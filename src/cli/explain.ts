@@ -1,9 +1,9 @@
 import { existsSync } from 'node:fs';
 import { escapeControls } from '../util/terminal-text.ts';
 import type { Config } from '../config/load.ts';
-import { explained, parseIp } from '../api/protocol.ts';
-import { canonicalTarget, targetContains } from '../firewall/target.ts';
-import { openSqliteStore } from '../store/sqlite-store.ts';
+import { parseIp } from '../api/protocol.ts';
+import { openReadDb } from '../api/http/read-db.ts';
+import { explainIp } from '../api/http/queries.ts';
 import { UsageError } from './replay.ts';
 
 /*
@@ -31,16 +31,15 @@ export function explainCommand(config: Config, ipText: string, o: { json?: boole
     out(o.json ? JSON.stringify({ ip, bans: [], covered_by: [] }) : `${ip} has never been banned (no store at ${config.sqlitePath})`);
     return;
   }
-  const store = openSqliteStore(config.sqlitePath, { readonly: true });
+  // The same reader as GET /api/bans/IP/explain: one story, whichever way it is asked for.
+  const rdb = openReadDb(config.sqlitePath);
   try {
-    const now = Date.now();
-    const bans = store.history(ip).map((b) => explained(b, now));
-    const self = canonicalTarget(ip);
-    const coveredBy = self && !self.isPrefix ? store.activeBans(now).filter((b) => b.ip.includes('/') && targetContains(canonicalTarget(b.ip)!, ip)).map((b) => b.ip) : [];
+    const story = explainIp(rdb, ip, Date.now());
     if (o.json) {
-      out(JSON.stringify({ ip, bans, covered_by: coveredBy }));
+      out(JSON.stringify(story));
       return;
     }
+    const { bans, covered_by: coveredBy } = story;
     if (bans.length === 0) out(`${ip} has never been banned${coveredBy.length ? '' : '.'}`);
     for (const b of bans) {
       const state = b.active ? 'ACTIVE' : b.ended ? `ended ${b.ended} (${b.end_reason ?? 'expired'})` : 'expired';
@@ -56,6 +55,6 @@ export function explainCommand(config: Config, ipText: string, o: { json?: boole
     }
     for (const p of coveredBy) out(`${ip} is inside the active prefix ban ${p} (tsfilter explain ${p})`);
   } finally {
-    store.close();
+    rdb.close();
   }
 }

@@ -26,7 +26,7 @@ export function openReadDb(file: string): ReadDb {
     db = new Database(file, { readonly: true, fileMustExist: true });
     db.pragma('busy_timeout = 1000');
   } catch (e) {
-    throw new Error(`the HTTP API cannot open the store ${file} read-only: ${(e as Error).message}`);
+    throw new Error(`cannot open the store ${file} read-only: ${(e as Error).message}`);
   }
   try {
     // The daemon opens (and migrates) the store before it starts the API, so anything else is not our store.
@@ -41,6 +41,6 @@ export function openReadDb(file: string): ReadDb {
     };
   } catch (e) {
     db.close();
-    throw new Error(`the HTTP API cannot use the store ${file}: ${(e as Error).message}`);
+    throw new Error(`cannot use the store ${file}: ${(e as Error).message}`);
   }
 }
