@@ -203,6 +203,11 @@ export interface ExplainedBan {
   lines: string[];
 }
 
+
+/** Whether a stored ban is in force at `now`: not ended, and permanent or not yet expired. */
+export function isActive(b: Pick<StoredBan, 'endedAt' | 'expiresAt'>, now: number): boolean {
+  return b.endedAt === null && (b.expiresAt === null || b.expiresAt > now);
+}
 export function explained(b: StoredBan, now: number): ExplainedBan {
   return {
     ip: b.ip,
@@ -218,7 +223,7 @@ export function explained(b: StoredBan, now: number): ExplainedBan {
     duration_s: b.expiresAt === null ? null : Math.round((clampTime(b.expiresAt) - clampTime(b.createdAt)) / 1000),
     ended: b.endedAt === null ? null : isoTime(b.endedAt),
     end_reason: b.endReason,
-    active: b.endedAt === null && (b.expiresAt === null || b.expiresAt > now),
+    active: isActive(b, now),
     blocks: formatScope(b.scope) ?? 'all',
     failures: b.failures,
     reason: b.reason,

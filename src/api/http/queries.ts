@@ -5,7 +5,7 @@
  * "Active" means what the store means (and `tsfilter list` shows): not ended, and permanent or not yet expired; an
  * address with several open rows (duplicate PyFilter rows) counts once, by its oldest row.
  */
-import { explained, isoTime, toListed, type ExplainedBan, type ListedBan } from '../protocol.ts';
+import { explained, isActive, isoTime, toListed, type ExplainedBan, type ListedBan } from '../protocol.ts';
 import { canonicalTarget, targetContains } from '../../firewall/target.ts';
 import { toStored, type BanRow, type StoredBan } from '../../store/sqlite-store.ts';
 import type { ReadDb } from './read-db.ts';
@@ -42,14 +42,17 @@ export interface ApiBan extends ListedBan {
   end_reason: string | null;
 }
 
-/** SQL for "this row of bans (alias b) is an active ban at ?now" — one parameter. */
-const ACTIVE = 'b.ended_at IS NULL AND (b.expires_at IS NULL OR b.expires_at > ?)';
-/** ... and the oldest active row of its address (two parameters). */
-const ACTIVE_FIRST = `${ACTIVE} AND NOT EXISTS (SELECT 1 FROM bans c WHERE c.ip = b.ip AND c.ended_at IS NULL AND (c.expires_at IS NULL OR c.expires_at > ?) AND c.id < b.id)`;
+/** SQL for "a row of bans (alias `t`) is active at ?now" — one parameter. */
+export const activeOf = (t: string) => `${t}.ended_at IS NULL AND (${t}.expires_at IS NULL OR ${t}.expires_at > ?)`;
+/**
+ * SQL for "no older active row of the same address" (one parameter): an address counts once, by its oldest active
+ * row, as `tsfilter list` shows it.
+ */
+export const noOlderActive = (t: string) => `NOT EXISTS (SELECT 1 FROM bans c WHERE c.ip = ${t}.ip AND ${activeOf('c')} AND c.id < ${t}.id)`;
 
-export function isActive(b: Pick<StoredBan, 'endedAt' | 'expiresAt'>, now: number): boolean {
-  return b.endedAt === null && (b.expiresAt === null || b.expiresAt > now);
-}
+const ACTIVE = activeOf('b');
+/** ... and the oldest active row of its address (two parameters). */
+const ACTIVE_FIRST = `${ACTIVE} AND ${noOlderActive('b')}`;
 
 export function toApiBan(b: StoredBan, now: number): ApiBan {
   return {

@@ -5,6 +5,7 @@
  */
 import type { ReadDb } from './read-db.ts';
 import { isoTime } from '../protocol.ts';
+import { activeOf, noOlderActive } from './queries.ts';
 
 const HOUR = 3_600_000;
 const DAY = 86_400_000;
@@ -44,8 +45,6 @@ function buckets(rdb: ReadDb, size: number, count: number, now: number): { start
   return out;
 }
 
-/** SQL for "a row of bans (alias `t`) is active at ?now". */
-const activeOf = (t: string) => `${t}.ended_at IS NULL AND (${t}.expires_at IS NULL OR ${t}.expires_at > ?)`;
 
 interface Group {
   rule: string;
@@ -87,7 +86,7 @@ export function computeStats(rdb: ReadDb, now: number): Stats {
     const groups = db
       .prepare(
         `SELECT b.rule, b.country, max(b.country_code) AS code, b.origin, count(*) AS total,
-           sum(CASE WHEN ${activeOf('b')} THEN NOT EXISTS (SELECT 1 FROM bans c WHERE c.ip = b.ip AND ${activeOf('c')} AND c.id < b.id) ELSE 0 END) AS active
+           sum(CASE WHEN ${activeOf('b')} THEN ${noOlderActive('b')} ELSE 0 END) AS active
          FROM bans b GROUP BY b.rule, b.country COLLATE NOCASE, b.origin`,
       )
       .all(now, now) as Group[];
