@@ -134,28 +134,36 @@ export function decodeCursor(text: string): Cursor | null {
 }
 
 /**
- * Totals of recent filters, kept while the bans do not change (`version`, the live feed's change count) and for at
- * most TTL_MS (expiry moves the active set with the clock): paging through a list counts its total once.
+ * Answers derived from the ban table, kept while the bans do not change (`version`: the live feed's change count,
+ * which an API write bumps at once) and for at most `ttlMs` (expiry moves the active set with the clock); at most
+ * `max` keys, the oldest dropped first.
  */
-export class TotalCache {
-  private static readonly TTL_MS = 2000;
-  private static readonly MAX = 64;
-  private readonly m = new Map<string, { version: number; at: number; total: number }>();
+export class VersionedCache<T> {
+  private readonly m = new Map<string, { version: number; at: number; value: T }>();
   constructor(
     private readonly version: () => number,
+    private readonly ttlMs: number,
+    private readonly max: number,
     private readonly clock: () => number = Date.now,
   ) {}
 
-  get(key: string, compute: () => number): number {
+  get(key: string, compute: (now: number) => T): T {
     const v = this.version();
     const now = this.clock();
     const hit = this.m.get(key);
-    if (hit && hit.version === v && now - hit.at < TotalCache.TTL_MS && now >= hit.at) return hit.total;
-    const total = compute();
+    if (hit && hit.version === v && now - hit.at < this.ttlMs && now >= hit.at) return hit.value;
+    const value = compute(now);
     this.m.delete(key);
-    if (this.m.size >= TotalCache.MAX) this.m.delete(this.m.keys().next().value!);
-    this.m.set(key, { version: v, at: now, total });
-    return total;
+    if (this.m.size >= this.max) this.m.delete(this.m.keys().next().value!);
+    this.m.set(key, { version: v, at: now, value });
+    return value;
+  }
+}
+
+/** Totals of recent filters: paging through a list counts its total once. */
+export class TotalCache extends VersionedCache<number> {
+  constructor(version: () => number, clock: () => number = Date.now) {
+    super(version, 2000, 64, clock);
   }
 }
 

@@ -5,7 +5,7 @@
  */
 import type { ReadDb } from './read-db.ts';
 import { isoTime } from '../protocol.ts';
-import { activeOf, noOlderActive } from './queries.ts';
+import { activeOf, noOlderActive, VersionedCache } from './queries.ts';
 
 const HOUR = 3_600_000;
 const DAY = 86_400_000;
@@ -119,18 +119,8 @@ export function computeStats(rdb: ReadDb, now: number): Stats {
   })();
 }
 
-/**
- * computeStats, cached until the bans change (`version`: the live feed's count of changes, which an API write bumps
- * at once) or CACHE_MS pass.
- */
+/** computeStats, cached until the bans change or CACHE_MS pass. */
 export function statsCache(rdb: ReadDb, version: () => number, clock: () => number = Date.now): () => Stats {
-  let cached: { version: number; at: number; stats: Stats } | null = null;
-  return () => {
-    const now = clock();
-    const v = version();
-    if (cached && cached.version === v && now - cached.at < CACHE_MS && now >= cached.at) return cached.stats;
-    const stats = computeStats(rdb, now);
-    cached = { version: v, at: now, stats };
-    return stats;
-  };
+  const cache = new VersionedCache<Stats>(version, CACHE_MS, 1, clock);
+  return () => cache.get('', (now) => computeStats(rdb, now));
 }
