@@ -254,7 +254,7 @@ export async function startDaemon(initial: Config, logger: Logger): Promise<Daem
     geo = dbFile === null ? undefined : await GeoIp.open(dbFile, logger);
     // No usable database (missing, corrupt, not yet there): undefined, so no country, no sentence (as PyFilter
     // without one) and no country policy.
-    const country = geo ? (ip: string) => (geo!.databaseType === null ? undefined : geo!.lookup(ip)) : undefined;
+    const country = geo ? (ip: string) => geo!.country(ip) : undefined;
     warnCountryPolicies(cur, geo, logger);
     let detector = newDetector(cur, country);
     detector.load(store.loadCounters().filter((c) => cur.byName.has(c.rule)));

@@ -244,13 +244,14 @@ export async function installServiceCommand(o: InstallOptions, out: Print, note:
       config = loadConfigFile(configFile, { cwd: STATE_DIR });
     }
   }
-  const unit = renderUnit(unitSpecFor(configFile, config));
+  const spec = unitSpecFor(configFile, config);
+  const unit = renderUnit(spec);
   const file = path.join(systemdDir(), UNIT_NAME);
   const before = existsSync(file) ? readFileSync(file, 'utf8') : null;
   const changed = before !== unit;
   if (changed) {
     // Directories outside the state directory must exist before start: ReadWritePaths cannot create them.
-    for (const d of unitSpecFor(configFile, config).extraWritable) mkdirSync(d, { recursive: true, mode: 0o700 });
+    for (const d of spec.extraWritable) mkdirSync(d, { recursive: true, mode: 0o700 });
     // Atomic: systemd (or a crash) never sees half a unit.
     writeFileSync(file + '.tmp', unit, { mode: 0o644 });
     renameSync(file + '.tmp', file);

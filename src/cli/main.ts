@@ -165,7 +165,7 @@ export function buildProgram(): Command {
       const geo = dbFile === null ? undefined : await GeoIp.open(dbFile, warn);
       let r;
       try {
-        r = replay(config, files, { rule: o.rule, warn, onBan, country: geo && ((ip) => (geo.databaseType === null ? undefined : geo.lookup(ip))) });
+        r = replay(config, files, { rule: o.rule, warn, onBan, country: geo && ((ip) => geo.country(ip)) });
       } finally {
         geo?.close();
       }

@@ -134,6 +134,14 @@ export class GeoIp {
     return this.reader?.metadata.databaseType ?? null;
   }
 
+  /**
+   * What bans and country policies use: the address's country, null when the database does not know it, undefined
+   * while no usable database is loaded (then no country sentence and no policy, as PyFilter without one).
+   */
+  country(ip: string): Country | null | undefined {
+    return this.reader === null ? undefined : this.lookup(ip);
+  }
+
   /** Country of a single address; null for a prefix, a non-address, an unknown address or no database. */
   lookup(ip: string): Country | null {
     const reader = this.reader;
