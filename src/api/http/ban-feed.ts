@@ -13,6 +13,7 @@ import type { Logger } from '../../util/logger.ts';
 import { toApiBan, type ApiBan } from './queries.ts';
 import { toStored, type BanRow } from '../../store/sqlite-store.ts';
 import type { ReadDb } from './read-db.ts';
+import type { Statement } from 'better-sqlite3';
 
 export const POLL_MS = 250;
 const SLACK_MS = 60_000;
@@ -54,13 +55,22 @@ export class BanFeed {
   private readonly clock: () => number;
   private failing = false;
   private changeCount = 0;
+  // Prepared once: read() runs on every committed change.
+  // Ids first (the bans_ended index answers it), whole rows only for those not yet reported: after a mass end
+  // (unban --all, the first expiry pass after downtime) every poll for a minute would otherwise re-read them all.
+  private readonly endedIds: Statement;
+  private readonly byId: Statement;
+  private readonly added: Statement;
 
   constructor(
     private readonly rdb: ReadDb,
     private readonly o: BanFeedOptions = {},
   ) {
     this.clock = o.clock ?? Date.now;
-    const { db } = rdb;
+    const { db, columns } = rdb;
+    this.endedIds = db.prepare('SELECT id FROM bans WHERE ended_at >= ? AND id <= ? ORDER BY ended_at, id').pluck();
+    this.byId = db.prepare(`SELECT ${columns} FROM bans b WHERE b.id = ?`);
+    this.added = db.prepare(`SELECT ${columns} FROM bans b WHERE b.id > ? ORDER BY b.id LIMIT ${CHUNK}`);
     this.version = rdb.dataVersion();
     this.lastId = db.transaction(() => {
       const last = (db.prepare('SELECT max(id) FROM bans').pluck().get() as number | null) ?? 0;
@@ -119,13 +129,9 @@ export class BanFeed {
   }
 
   private read(): FeedEvent[][] {
-    const { db, columns } = this.rdb;
+    const { db } = this.rdb;
+    const { endedIds: ended, byId, added } = this;
     const now = this.clock();
-    // Ids first (the bans_ended index answers it), whole rows only for those not yet reported: after a mass end
-    // (unban --all, the first expiry pass after downtime) every poll for a minute would otherwise re-read them all.
-    const ended = db.prepare('SELECT id FROM bans WHERE ended_at >= ? AND id <= ? ORDER BY ended_at, id').pluck();
-    const byId = db.prepare(`SELECT ${columns} FROM bans b WHERE b.id = ?`);
-    const added = db.prepare(`SELECT ${columns} FROM bans b WHERE b.id > ? ORDER BY b.id LIMIT ${CHUNK}`);
     // Applied only once everything was read: a failed read is retried from the same place, losing nothing.
     const seen: [number, number][] = [];
     // A row that cannot be shown is skipped (and counted as seen), never retried: the store busy is worth a retry,
