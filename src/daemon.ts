@@ -36,6 +36,7 @@ import { toListed } from './api/protocol.ts';
 import type { Logger } from './util/logger.ts';
 import { normalizeIp } from './detect/ip.ts';
 import { PidFile } from './util/pidfile.ts';
+import { BLACKLIST_LINE_DELETED } from './bans/end-reasons.ts';
 
 const EXPIRY_INTERVAL_MS = 1000;
 const COUNTER_FLUSH_INTERVAL_MS = 2000;
@@ -130,7 +131,7 @@ function applyBlacklistChanges(ch: BlacklistChanges, bans: BanManager, store: St
   }
   const now = Date.now();
   for (const ip of ch.removed) {
-    if (store.removeBan(ip, now, 'line deleted from the blacklist file')) logger.info('unbanned: its line was deleted from the blacklist file', { ip });
+    if (store.removeBan(ip, now, BLACKLIST_LINE_DELETED)) logger.info('unbanned: its line was deleted from the blacklist file', { ip });
   }
 }
 

@@ -12,7 +12,8 @@
 import client from 'prom-client';
 import type { Enforcer } from '../firewall/types.ts';
 import type { ReadDb } from './http/read-db.ts';
-import { endCause, type FeedEvent } from './http/ban-feed.ts';
+import type { FeedEvent } from './http/ban-feed.ts';
+import { endCause } from '../bans/end-reasons.ts';
 
 /** Distinct rule label values taken from the store; more fall under "other". */
 const MAX_RULES = 200;

@@ -7,6 +7,7 @@ import type { Country } from '../geo/geoip.ts';
 import type { Logger } from '../util/logger.ts';
 import { BanLog, banMessage, countrySentence } from './ban-log.ts';
 import { banDuration } from './duration.ts';
+import { REPLACED_BY_MANUAL, replacedByRemote, UNBANNED, UNBANNED_ALL, unbannedOn, widenedTo } from './end-reasons.ts';
 
 export interface BanManagerOptions {
   store: Store;
@@ -361,7 +362,7 @@ export class BanManager {
     this.pending = [];
     this.pendingIps.clear();
     for (const d of todo) {
-      if (d.replaces) this.o.store.removeBan(d.input.ip, d.input.createdAt, `widened to ${d.input.scope ? `${d.input.scope.protocol} ports ${d.input.scope.ports.join(',')}` : 'all traffic'} by rule ${d.input.rule}`);
+      if (d.replaces) this.o.store.removeBan(d.input.ip, d.input.createdAt, widenedTo(d.input.scope, d.input.rule));
       const { added, record } = this.o.store.addBan(d.input);
       // Not added: the address got an active ban meanwhile (another rule, the CLI): nothing more to do.
       if (added) {
@@ -616,7 +617,7 @@ export class BanManager {
     };
     let replaced = false;
     const { record } = this.o.store.transaction(() => {
-      replaced = this.o.store.removeBan(ip, now, 'replaced by a manual ban');
+      replaced = this.o.store.removeBan(ip, now, REPLACED_BY_MANUAL);
       const r = this.o.store.addBan(input);
       this.o.onChange?.(banEvent(r.record));
       return r;
@@ -693,7 +694,7 @@ export class BanManager {
         const ip = t.text;
         if (ev.kind === 'unban') {
           if (!r.bumpVersion(ip, ev.at)) continue;
-          if (this.o.store.removeBan(ip, now, `unbanned on ${ev.node}`)) {
+          if (this.o.store.removeBan(ip, now, unbannedOn(ev.node))) {
             toLift.push(ip);
             this.prefixBans.delete(ip);
             this.o.forget?.(ip);
@@ -717,7 +718,7 @@ export class BanManager {
         const scope = ev.scope ?? null;
         const active = this.o.store.activeBan(ip, now);
         if (active && scopeCovers(active.scope, scope) && (active.expiresAt === null || (ev.expiresAt != null && active.expiresAt >= ev.expiresAt))) continue;
-        if (active) this.o.store.removeBan(ip, now, `replaced by a ban from ${ev.node}`);
+        if (active) this.o.store.removeBan(ip, now, replacedByRemote(ev.node));
         const input: BanInput = {
           ip, rule: ev.rule ?? 'remote', reason: ev.reason ?? '', createdAt: ev.createdAt ?? ev.at, expiresAt: ev.expiresAt ?? null,
           failures: 0, origin: 'remote', server: ev.node,
@@ -748,7 +749,7 @@ export class BanManager {
   }
 
   /** Lifts the ban of an address (store and firewall) and forgets its failures. Returns whether it was banned. */
-  async unban(ipText: string, reason = 'unbanned with tsfilter unban'): Promise<{ ip: string; removed: boolean; enforced: boolean; stillBlockedBy?: string }> {
+  async unban(ipText: string, reason = UNBANNED): Promise<{ ip: string; removed: boolean; enforced: boolean; stillBlockedBy?: string }> {
     const ip = normalizeSource(ipText);
     if (ip === null) throw new BanRefused(`${JSON.stringify(ipText.slice(0, 100))} is not an IP address or CIDR prefix`);
     const at = this.now();
@@ -801,7 +802,7 @@ export class BanManager {
   }
 
   /** Lifts every active ban. Returns the addresses. */
-  async unbanAll(reason = 'unbanned with tsfilter unban --all'): Promise<{ ips: string[]; enforced: boolean }> {
+  async unbanAll(reason = UNBANNED_ALL): Promise<{ ips: string[]; enforced: boolean }> {
     const now = this.now();
     const ips = this.o.store.transaction(() => {
       const out: string[] = [];

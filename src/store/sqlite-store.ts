@@ -44,6 +44,7 @@ import { formatScope, parseScope } from '../firewall/port-scope.ts';
 import type { Position } from '../sources/types.ts';
 import { FLEET_TABLES, fleetState, type FleetState } from './fleet-state.ts';
 import type { BanOrigin, BanRecord, CounterState, Store } from './types.ts';
+import { EXPIRED, REMOVED_FROM_BANNED_IP } from '../bans/end-reasons.ts';
 
 /** The schema version this code writes. A file with a higher `user_version` is refused. */
 export const SCHEMA_VERSION = 4;
@@ -421,7 +422,7 @@ function syncBannedIp(db: Db, defaultServer: string): void {
   db.transaction(() => {
     const now = Date.now();
     // First end the bans whose row vanished (so an id reused by a new external row is not taken as still linked).
-    for (const { id } of vanished.all()) end.run(now, 'removed from banned_ip', id);
+    for (const { id } of vanished.all()) end.run(now, REMOVED_FROM_BANNED_IP, id);
     for (const row of orphans.all()) {
       const secs = Number(row.time_banned);
       // Another tool wrote this row: a time outside what the store accepts becomes 0 (shown as 1970).
@@ -529,7 +530,7 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
             } else {
               // Expired but not yet marked by expireBans: mark it now, so that a later expireBans cannot hand the
               // daemon a stale ban to unban while this new one is in force.
-              endRow(row, ban.createdAt, 'expired');
+              endRow(row, ban.createdAt, EXPIRED);
             }
           }
           if (active !== undefined) return { added: false, record: toRecord(active) };
@@ -597,7 +598,7 @@ function buildStore(db: Db, path: string, readonly: boolean, defaultServer: stri
       return guard('expireBans', () =>
         tx(() => {
           const rows = s.due.all(now).map(fromRaw);
-          for (const row of rows) endRow(row, now, 'expired');
+          for (const row of rows) endRow(row, now, EXPIRED);
           return rows.map(toRecord);
         }),
       );

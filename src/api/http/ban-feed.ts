@@ -14,24 +14,13 @@ import { toApiBan, type ApiBan } from './queries.ts';
 import { toStored, type BanRow } from '../../store/sqlite-store.ts';
 import type { ReadDb } from './read-db.ts';
 import type { Statement } from 'better-sqlite3';
+import { endCause, type EndCause } from '../../bans/end-reasons.ts';
 
 export const POLL_MS = 250;
 const SLACK_MS = 60_000;
 /** New rows read per query; a flood is delivered as several batches. */
 const CHUNK = 1000;
 
-/** Why a ban ended, as a small fixed set (metrics labels, the dashboard). */
-export type EndCause = 'expired' | 'manual' | 'remote' | 'replaced' | 'other';
-
-export function endCause(reason: string | null): EndCause {
-  // A row another tool wrote may hold anything in end_reason.
-  const r = typeof reason === 'string' ? reason : '';
-  if (r === 'expired') return 'expired';
-  if (r.startsWith('unbanned on ')) return 'remote';
-  if (r.startsWith('replaced by ') || r.startsWith('widened to ')) return 'replaced';
-  if (r.startsWith('unbanned with ') || r === 'removed from banned_ip' || r === 'line deleted from the blacklist file') return 'manual';
-  return 'other';
-}
 
 export type FeedEvent = { type: 'ban'; ban: ApiBan } | { type: 'unban'; ban: ApiBan; cause: EndCause };
 
